@@ -1,0 +1,102 @@
+"""Step 1: pack a visit's directory into ``<visit>_dicom.tar`` plus ``.md5sum``.
+
+Member mtimes come from the DICOM headers (see
+:meth:`icf.dicom.DicomHeader.timestamp`), so the archive does not depend on
+when or where the files were copied. Files without a usable DICOM timestamp
+(non-DICOM files, DICOMDIR, undated objects) and the archive file itself get
+the latest DICOM timestamp of the visit; with none at all, 0.
+
+The archive is written to ``.<visit>_dicom.tar.partial`` in the study
+directory, hashed while it is written, and linked into place only when
+complete, never over an existing archive. The ``.md5sum`` is put in place
+just before the archive, so a complete archive always has one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+from icf import IcfError
+from icf.dicom import TIMESTAMP_TAGS, NotDicom, read_header
+from icf.output import PartialFile
+from icf.store import Visit
+from icf.tarball import MAX_MTIME, HashingWriter, InputFile, collect_input, open_regular, write_archive
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArchiveSummary:
+    files: int
+    dicoms: int
+    undated: int
+    size: int
+    md5: str
+    mtime: int
+
+    def __str__(self) -> str:
+        return (f"{self.files} files ({self.dicoms} DICOMs, {self.files - self.dicoms} other files), "
+                f"{self.size} bytes, md5 {self.md5}")
+
+
+def dicom_timestamp(item: InputFile) -> tuple[bool, int | None]:
+    """(is DICOM, its timestamp or None); a timestamp a TAR cannot hold is an error."""
+    with open_regular(item.source) as stream:
+        try:
+            timestamp = read_header(stream.read, TIMESTAMP_TAGS).timestamp()
+        except NotDicom:
+            return False, None
+    if timestamp is not None and not 0 <= timestamp <= MAX_MTIME:
+        when = "before 1970" if timestamp < 0 else "after 2242"
+        raise IcfError(f"{item.source}: DICOM date is {when}, which a TAR header cannot hold")
+    return True, timestamp
+
+
+Progress = Callable[[Iterable, int], Iterable]
+
+
+def make_archive(visit: Visit, input_dir: Path,
+                 progress: Progress = lambda items, total: items) -> ArchiveSummary:
+    """Archive ``input_dir`` as ``visit``'s TAR; ``progress(items, total)``
+    wraps the two per-file loops (e.g. in a progress bar)."""
+    _check_output_outside(visit, input_dir)
+    if visit.tarball.exists():
+        raise IcfError(f"{visit.tarball}: archive exists already, not overwritten")
+    files = collect_input(input_dir, visit.archive_top)
+
+    found = [dicom_timestamp(item) for item in progress(files, len(files))]
+    dated = [timestamp for _, timestamp in found if timestamp is not None]
+    latest = max(dated, default=0)
+    if len(dated) < len(files):
+        log.warning(
+            "%d of %d files have no usable DICOM timestamp; they get the latest one, %s",
+            len(files) - len(dated), len(files),
+            datetime.fromtimestamp(latest, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
+    mtimes = [latest if timestamp is None else timestamp for _, timestamp in found]
+
+    visit.study_dir.mkdir(parents=True, exist_ok=True)
+    with PartialFile(visit.tarball) as tar, PartialFile(visit.md5sum) as md5sum:
+        if visit.tarball.exists():  # made by a run that held the lock before us
+            raise IcfError(f"{visit.tarball}: archive exists already, not overwritten")
+        writer = HashingWriter(tar.file)
+        for _ in progress(write_archive(files, mtimes, writer), len(files)):
+            pass
+        digest = writer.md5.hexdigest()
+        tar.file.flush()
+        os.utime(tar.path, (latest, latest))
+        md5sum.file.write(f"{digest}  {visit.tarball.name}\n".encode())
+        md5sum.commit(overwrite=True)
+        tar.commit(overwrite=False)
+    return ArchiveSummary(len(files), sum(is_dicom for is_dicom, _ in found),
+                          len(files) - len(dated), writer.size, digest, latest)
+
+
+def _check_output_outside(visit: Visit, input_dir: Path) -> None:
+    study_dir, source = visit.study_dir.resolve(), input_dir.resolve()
+    if study_dir == source or source in study_dir.parents:
+        raise IcfError(f"{visit.study_dir}: output location is inside the input directory {input_dir}")

@@ -1,0 +1,103 @@
+"""Shared test helpers: running the real scripts, crafting DICOMs, the sample visit."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = REPO / "bin"
+DATA = Path(__file__).resolve().parent / "data"
+SAMPLE_VISIT = DATA / "sample-visit"
+SAMPLE_DICOMS = sorted(SAMPLE_VISIT.glob("run1-*/MR.*"))
+
+sys.path.insert(0, str(REPO / "lib"))
+
+
+def drop_file_access_override() -> None:
+    """In a child process: give up root's power to read any file
+    (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so permissions apply to it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def run_tool(script: str, *args, cwd=None, env=None, unprivileged: bool = False,
+             timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``bin/<script>`` with this Python; ``unprivileged``: with file
+    permissions enforced even when the tests run as root."""
+    full_env = dict(os.environ, **(env or {}))
+    preexec = drop_file_access_override if unprivileged and os.geteuid() == 0 else None
+    return subprocess.run(
+        [sys.executable, str(BIN / script), *map(str, args)],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        preexec_fn=preexec, **kwargs,
+    )
+
+
+def members(tar_path: Path) -> list[tarfile.TarInfo]:
+    with tarfile.open(tar_path) as tar:
+        return tar.getmembers()
+
+
+def make_dicom(path: Path, *, preamble: bool = True, implicit: bool = False,
+               pixel_bytes: int = 0, **tags) -> Path:
+    """Write a small DICOM with pydicom: an MR image header with ``tags``
+    (keyword=value; None deletes the tag) and optionally pixel data."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(path)])
+    ds.StudyDate, ds.StudyTime = "20240102", "030405"
+    ds.Modality = "MR"
+    ds.SeriesDescription = "t1_mprage"
+    ds.ProtocolName = "t1_mprage"
+    ds.SeriesNumber = 3
+    ds.MRAcquisitionType = "3D"
+    ds.PatientName = "Doe^Jane"
+    for keyword, value in tags.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    if pixel_bytes:
+        ds.Rows, ds.Columns, ds.BitsAllocated = 256, pixel_bytes // 512, 16
+        ds.PixelData = bytes(pixel_bytes)
+    syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if preamble:
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        ds.save_as(path, implicit_vr=implicit, little_endian=True)
+    return path
+
+
+@pytest.fixture
+def sample_copy(tmp_path) -> Path:
+    """A writable copy of the bundled sample visit."""
+    target = tmp_path / "input"
+    shutil.copytree(SAMPLE_VISIT, target)
+    return target
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    path = tmp_path / "store"
+    path.mkdir()
+    return path
