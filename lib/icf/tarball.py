@@ -26,7 +26,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from icf import IcfError
 
@@ -231,3 +231,134 @@ def _ustar_header(prefix: bytes, name: bytes, size: int, mtime: int, typeflag: b
 
 
 # -- reading -------------------------------------------------------------------
+
+
+class HashingReader:
+    """Reads from ``raw`` and hashes (MD5) and counts every byte read."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self.md5 = hashlib.md5()
+        self.size = 0
+
+    def read(self, n: int) -> bytes:
+        data = self.raw.read(n)
+        self.md5.update(data)
+        self.size += len(data)
+        return data
+
+    def read_exactly(self, n: int, what: str) -> bytes:
+        data = self.read(n)
+        if len(data) != n:
+            raise IcfError(f"{what}: archive is truncated")
+        return data
+
+
+@dataclass(frozen=True)
+class TarEntry:
+    """A member as its header describes it (the content follows it)."""
+
+    path: str
+    size: int
+    mtime: int
+    is_dir: bool
+
+
+def iter_tar(source: HashingReader, name: str) -> Iterator[tuple[TarEntry, Callable[[int], bytes]]]:
+    """Yield each file and directory member of the TAR that ``source`` reads,
+    with ``read(n)`` for the member's content, in one sequential pass.
+
+    Whatever the consumer does not read of a member is read and skipped for
+    it, and the archive's end (zero blocks and padding) is read too, so that
+    ``source`` has hashed the whole file when the generator is exhausted.
+    Accepts ustar, pax (``x`` records ``path`` and ``size``) and GNU long
+    names; any other member type (links, devices, FIFOs, sparse files,
+    global pax headers), a bad checksum, a truncated or non-TAR file raise
+    IcfError naming ``name``.
+    """
+    long_path = None
+    pax: dict[str, str] = {}
+    while True:
+        header = source.read(BLOCK)
+        if not header:
+            raise IcfError(f"{name}: {'empty file, not a TAR' if source.size == 0 else 'archive is truncated'}")
+        if len(header) != BLOCK:
+            raise IcfError(f"{name}: archive is truncated")
+        if header == bytes(BLOCK):
+            break
+        if not _checksum_ok(header):
+            what = "not a TAR archive" if source.size == BLOCK else f"corrupt header at byte {source.size - BLOCK}"
+            raise IcfError(f"{name}: {what}")
+        typeflag = header[156:157]
+        try:
+            size = _number(header[124:136])
+        except ValueError:
+            raise IcfError(f"{name}: corrupt header at byte {source.size - BLOCK}") from None
+        if typeflag in (b"x", b"L"):
+            data = source.read_exactly(size + (-size % BLOCK), name)[:size]
+            if typeflag == b"L":
+                long_path = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            else:
+                pax = _pax_records(data, name)
+            continue
+        if typeflag not in (b"0", b"\0", b"7", b"5"):
+            raise IcfError(f"{name}: member of type {typeflag.decode('ascii', 'replace')!r} "
+                           f"(link, device, FIFO or other non-file) in the archive")
+        path = pax.get("path") or long_path or _ustar_path(header)
+        size = int(pax.get("size", size))
+        entry = TarEntry(path, size, _number(header[136:148]), typeflag == b"5")
+        pax, long_path = {}, None
+        remaining = size
+
+        def read(n: int) -> bytes:
+            nonlocal remaining
+            data = source.read(min(n, remaining))
+            if len(data) < min(n, remaining):
+                raise IcfError(f"{name}: archive is truncated in {path}")
+            remaining -= len(data)
+            return data
+
+        yield entry, read
+        while remaining:
+            read(_CHUNK)
+        source.read_exactly(-size % BLOCK, name)
+    while chunk := source.read(RECORD):  # the second zero block and padding
+        if chunk.count(0) != len(chunk):
+            raise IcfError(f"{name}: data after the end of the archive")
+
+
+def _checksum_ok(header: bytes) -> bool:
+    try:
+        stored = int(header[148:156].rstrip(b" \0").decode("ascii") or "-1", 8)
+    except ValueError:
+        return False
+    unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
+    signed = unsigned - 256 * sum(1 for b in header[:148] + header[156:] if b > 127)
+    return stored in (unsigned, signed)
+
+
+def _number(field: bytes) -> int:
+    """An octal header field, or GNU base-256 (high bit set)."""
+    if field[0] & 0x80:
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+    return int(field.rstrip(b" \0").decode("ascii") or "0", 8)
+
+
+def _ustar_path(header: bytes) -> str:
+    name = header[:100].split(b"\0", 1)[0]
+    prefix = header[345:500].split(b"\0", 1)[0] if header[257:263] == b"ustar\0" else b""
+    return (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape")
+
+
+def _pax_records(data: bytes, name: str) -> dict[str, str]:
+    records = {}
+    while data:
+        length = data.partition(b" ")[0]
+        try:
+            record = data[len(length) + 1:int(length)]
+        except ValueError:
+            raise IcfError(f"{name}: corrupt pax header") from None
+        key, _, value = record.rstrip(b"\n").partition(b"=")
+        records[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
+        data = data[int(length):]
+    return records

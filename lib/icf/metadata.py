@@ -1,0 +1,141 @@
+"""Step 2: from a visit's TAR, write ``<visit>_metadata_tarball.json`` and
+``<visit>_metadata_dicoms.json`` in one sequential pass.
+
+The archive is read once: its md5 and size, every member's md5 and size and
+every DICOM member's technical tags (:data:`icf.dicom.EXPORTED_TAGS`, nothing
+else) all come from that read. Members are checked as they go by: only
+regular files and directories under ``<study>_<visit>/``, with relative,
+unique paths free of ``.`` and ``..`` components; anything else means the
+archive was not made by step 1 or was tampered with, and nothing is written.
+If ``<visit>_dicom.tar.md5sum`` exists and disagrees, the archive is
+corrupted and nothing is written.
+
+The DICOM list streams into its output file (one object per line), so memory
+does not grow with the visit. The two files are committed together: the
+DICOM list first, the tarball file last; the tarball file's presence marks a
+complete set (a lone DICOM list is an interrupted run's, and is replaced).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from icf import IcfError
+from icf.dicom import NotDicom, read_header
+from icf.output import PartialFile, json_bytes
+from icf.store import Visit
+from icf.tarball import HashingReader, TarEntry, iter_tar
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MetadataSummary:
+    members: int
+    dicoms: int
+    size: int
+    md5: str
+
+    def __str__(self) -> str:
+        return (f"{self.dicoms} DICOMs of {self.members} files listed, "
+                f"archive {self.size} bytes, md5 {self.md5}")
+
+
+def expected_md5(visit: Visit) -> str | None:
+    """The md5 recorded in the archive's ``.md5sum``, if there is one."""
+    try:
+        text = visit.md5sum.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IcfError(f"{visit.md5sum}: unreadable ({exc})") from None
+    fields = text.split()
+    if len(fields) != 2 or fields[1] != visit.tarball.name or len(fields[0]) != 32:
+        raise IcfError(f"{visit.md5sum}: not an md5sum line for {visit.tarball.name}")
+    return fields[0].lower()
+
+
+def checked_member_path(entry: TarEntry, top: str, seen: set[str], name: str) -> str:
+    """The member's path if it is safe and new, else IcfError."""
+    parts = entry.path.rstrip("/").split("/") if entry.is_dir else entry.path.split("/")
+    bad = (
+        entry.path.startswith("/") or parts[0] != top
+        or any(part in ("", ".", "..") for part in parts)
+        or (not entry.is_dir and len(parts) < 2)
+    )
+    if bad:
+        raise IcfError(f"{name}: member {entry.path!r} is not a relative path under {top}/ "
+                       "(archive not made by make_studyvisit_archive, or tampered with)")
+    path = "/".join(parts)
+    if path in seen:
+        raise IcfError(f"{name}: member {entry.path!r} appears twice")
+    seen.add(path)
+    return path
+
+
+def describe_member(read: Callable[[int], bytes]) -> tuple[str, dict | None]:
+    """(md5, technical tags or None if not DICOM) of a member's content."""
+    import hashlib
+
+    md5 = hashlib.md5()
+
+    def hashed(n: int) -> bytes:
+        data = read(n)
+        md5.update(data)
+        return data
+
+    try:
+        tags = read_header(hashed).technical_tags()
+    except NotDicom:
+        tags = None
+    while hashed(1 << 20):
+        pass
+    return md5.hexdigest(), tags
+
+
+def deposit_metadata(visit: Visit, force: bool = False,
+                     progress: Callable[[Iterable, int], Iterable] = lambda items, total: items
+                     ) -> MetadataSummary:
+    if not visit.tarball.is_file():
+        raise IcfError(f"{visit.tarball}: no such archive")
+    if visit.metadata_tarball.exists() and not force:
+        raise IcfError(f"{visit.metadata_tarball}: exists already (use --force to replace "
+                       f"it and {visit.metadata_dicoms.name})")
+    recorded = expected_md5(visit)
+    name = str(visit.tarball)
+    members = dicoms = 0
+    seen: set[str] = set()
+    with open(visit.tarball, "rb") as raw, PartialFile(visit.metadata_dicoms) as listing, \
+            PartialFile(visit.metadata_tarball) as tarball_json:
+        source = HashingReader(raw)
+        out = listing.file
+        out.write(b"[")
+        for entry, read in progress(iter_tar(source, name), None):
+            path = checked_member_path(entry, visit.archive_top, seen, name)
+            if entry.is_dir:
+                continue
+            members += 1
+            md5, tags = describe_member(read)
+            if tags is None:
+                continue
+            record = {"path": path, "md5": md5, "size": entry.size, **tags}
+            out.write(b",\n" if dicoms else b"\n")
+            out.write(json.dumps(record, ensure_ascii=False).encode("utf-8"))
+            dicoms += 1
+        out.write(b"\n]\n")
+        digest = source.md5.hexdigest()
+        if recorded is not None and recorded != digest:
+            raise IcfError(f"{name}: archive corrupted: md5 {digest} but {visit.md5sum.name} says {recorded}")
+        tarball_json.file.write(json_bytes({
+            "size": source.size, "md5": digest,
+            "dspath": visit.dataset_tar_path, "storepath": visit.store_tar_path,
+        }))
+        listing.commit(overwrite=True)
+        tarball_json.commit(overwrite=force)
+    if members > dicoms:
+        log.info("%d of %d files in the archive are not DICOM and are not listed", members - dicoms, members)
+    return MetadataSummary(members, dicoms, source.size, digest)

@@ -1,0 +1,147 @@
+"""``make bench``: speed figures for each step, beside a baseline measured in
+the same run on the same input, so the ratios hold on a noisy machine.
+
+Builds (once, cached in ``bench-work/``) a visit of real-header DICOMs by
+replicating the real sample: the shared 630-file data set when it is there
+(``../shared/data/example-dicom-functional-1block``), else the 12 bundled
+files, with a new SOPInstanceUID per copy and several series. Prints
+figures; it is not a test and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import hashlib
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / "bench-work"
+SHARED = REPO.parent / "shared" / "data" / "example-dicom-functional-1block" / "dicoms"
+BUNDLED = REPO / "tests" / "data" / "sample-visit"
+
+
+def replicated_visit(files: int) -> Path:
+    """A directory of ``files`` DICOMs in 6 series folders (cached)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    target = WORK / f"visit-{files}"
+    if target.exists() and sum(1 for _ in target.rglob("*.dcm")) == files:
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    sources = sorted(SHARED.glob("MR.*")) if SHARED.is_dir() else sorted(BUNDLED.glob("run1-*/MR.*"))
+    templates = [pydicom.dcmread(path) for path in sources]
+    for index in range(files):
+        ds = templates[index % len(templates)]
+        series = index % 6 + 1
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=["icf-bench", str(index)])
+        ds.SeriesNumber = series * 100 + 1
+        ds.SeriesDescription = ds.ProtocolName = f"bench_series_{series}"
+        path = target / f"series-{series}" / f"{index:06d}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path)
+    (target / "README.txt").write_text("benchmark visit\n")
+    return target
+
+
+def timed(command: list, **kwargs) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of one run of ``command``.
+
+    The peak is the child's own VmHWM, sampled every 5 ms: rusage would count
+    this (larger) process, whose memory the child shares until it execs.
+    """
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, **kwargs)
+    peak_kb = 0
+    while proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            peak_kb = max(peak_kb, int(status.split("VmHWM:")[1].split()[0]))
+        except (OSError, IndexError):
+            pass
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: failed: {' '.join(map(str, command))}")
+    return elapsed, peak_kb / 1024
+
+
+def best_of(runs: int, prepare, command) -> tuple[float, float]:
+    results = []
+    for _ in range(runs):
+        prepare()
+        results.append(timed(command))
+    return min(results)
+
+
+def tool(script: str) -> list:
+    return [sys.executable, str(REPO / "bin" / script)]
+
+
+def report(step: str, files: int, size: int, ours: tuple[float, float], base_name: str,
+           base: tuple[float, float]) -> None:
+    (seconds, rss), (base_seconds, base_rss) = ours, base
+    print(f"{step}: {files} files, {size / 1e6:.0f} MB")
+    print(f"  ours      {seconds:7.2f} s  {files / seconds:8.0f} files/s  {size / 1e6 / seconds:7.1f} MB/s"
+          f"  peak RSS {rss:5.0f} MB")
+    print(f"  {base_name:9s} {base_seconds:7.2f} s  {files / base_seconds:8.0f} files/s"
+          f"  {size / 1e6 / base_seconds:7.1f} MB/s  peak RSS {base_rss:5.0f} MB")
+    print(f"  ratio     {seconds / base_seconds:7.1f}x")
+
+
+def bench_archive(visit_dir: Path, files: int, runs: int) -> Path:
+    store = WORK / "store"
+    size = sum(p.stat().st_size for p in visit_dir.rglob("*") if p.is_file())
+    gnu_tar = WORK / "gnu.tar"
+    base = best_of(runs, lambda: gnu_tar.unlink(missing_ok=True), [
+        "tar", "--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--mode=0644",
+        "--mtime=@0", "-cf", gnu_tar, "-C", visit_dir, "."])
+    ours = best_of(runs, lambda: shutil.rmtree(store, ignore_errors=True),
+                   [*tool("make_studyvisit_archive"), "-q", "-o", store, "--id", "bench", "v1", visit_dir])
+    report("step 1 make_studyvisit_archive", files, size, ours, "GNU tar", base)
+    return store
+
+
+def bench_metadata(store: Path, files: int, runs: int) -> None:
+    tar = store / "bench" / "v1_dicom.tar"
+    floor_script = (
+        "import hashlib, sys, tarfile\n"
+        "md5 = hashlib.md5()\n"
+        "with open(sys.argv[1], 'rb') as raw:\n"
+        "    with tarfile.open(fileobj=raw, mode='r|') as tar:\n"
+        "        for m in tar:\n"
+        "            if m.isfile():\n"
+        "                hashlib.md5(tar.extractfile(m).read()).hexdigest()\n"
+    )
+    base = best_of(runs, lambda: None, [sys.executable, "-c", floor_script, tar])
+    ours = best_of(runs, lambda: None,
+                   [*tool("deposit_visit_metadata"), "-q", "--force", "-o", store, "--id", "bench", "v1"])
+    report("step 2 deposit_visit_metadata", files, tar.stat().st_size, ours, "floor", base)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=5460, help="DICOMs in the visit (default: 5460)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure, best kept (default: 3)")
+    parser.add_argument("--replicate-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    WORK.mkdir(exist_ok=True)
+    if args.replicate_only:
+        replicated_visit(args.files)
+        return
+    # replicate in a child: a forked child's peak RSS would include ours
+    subprocess.run([sys.executable, __file__, "--replicate-only", "--files", str(args.files)], check=True)
+    visit_dir = replicated_visit(args.files)
+    store = bench_archive(visit_dir, args.files + 1, args.runs)
+    if (REPO / "bin" / "deposit_visit_metadata").exists():
+        bench_metadata(store, args.files + 1, args.runs)
+
+
+if __name__ == "__main__":
+    main()
