@@ -1,71 +1,97 @@
 # icf-utils: the visit pipeline as file targets in the store.
 #
-#   make STUDY=x VISIT=y INPUT=dir archive    step 1: <store>/x/y_dicom.tar (+ .md5sum)
-#   make STUDY=x VISIT=y metadata             step 2: the two JSON files
-#   make help                                 everything else
+#   make STUDY=x VISIT=y INPUT=dir catalog    all four steps for one visit
+#   make STUDY=x catalog                      every visit of study x that has an archive
+#   make help                                 all targets
 #
 # Variables (set on the command line, e.g. make STORE=/data/store ...):
 #   STORE      root directory of the store            (default: the current directory)
 #   STUDY      study ID                               (required for store targets)
-#   VISIT      visit ID                               (required for store targets)
-#   INPUT      the visit's DICOM directory            (required to build an archive)
+#   VISIT      visit ID; empty: every visit of STUDY with an archive in the store
+#   INPUT      the visit's DICOM directory            (needed only to build an archive)
+#   STORE_URL  URL at which users reach the store's root, for clone URLs
+#              (default: the file:// URL of STORE)
 #   VENV       virtual environment with the pinned requirements
 #              (default: .venv beside this Makefile; made on first use)
-#   PYTHON     the Python that runs the tools         (default: $(VENV)/bin/python)
+#   PYTHON     the Python that runs the tools         (default: $(VENV)/bin/python;
+#              set PYTHON=python3 VENV_READY= where the requirements are installed,
+#              as in the container)
 #
-# Make's timestamps drive reruns: a target is rebuilt when a prerequisite is
-# newer. An archive is never rebuilt once it exists (it is the record).
+# Every store target is a real file; make's timestamps drive reruns:
+#   archive  <visit>_dicom.tar                    built once from INPUT, never rebuilt
+#   metadata <visit>_metadata_{tarball,dicoms}.json   <- archive
+#   dataset  <visit>_XDLRA--{refs,repo-export}    <- metadata
+#   catalog  catalog/visits/<visit>.json          <- metadata + dataset
 
 ICF := $(patsubst %/,%,$(dir $(realpath $(lastword $(MAKEFILE_LIST)))))
 STORE ?= $(CURDIR)
 STUDY ?=
 VISIT ?=
 INPUT ?=
+STORE_URL ?=
 VENV ?= $(ICF)/.venv
 PYTHON ?= $(VENV)/bin/python
+VENV_READY ?= $(VENV)/.requirements-installed
 
 STUDY_DIR := $(STORE)/$(STUDY)
-VENV_READY := $(VENV)/.requirements-installed
-# the venv's bin first: git-annex and datalad-next's helpers live there
-RUN = PATH="$(dir $(PYTHON)):$$PATH" $(PYTHON) $(ICF)/bin/
+VISITS := $(if $(strip $(VISIT)),$(VISIT),$(patsubst $(STUDY_DIR)/%_dicom.tar,%,$(wildcard $(STUDY_DIR)/*_dicom.tar)))
+# a venv's bin first on PATH: git-annex and datalad-next's helpers live there
+WITH_PATH = $(if $(findstring /,$(PYTHON)),PATH="$(abspath $(dir $(PYTHON))):$$PATH" )
+RUN = $(WITH_PATH)$(PYTHON) $(ICF)/bin/
+IDS = -o "$(STORE)" --id "$(STUDY)" "$*"
+STORE_URL_OPTION = $(if $(STORE_URL),--store-url "$(STORE_URL)")
 
 .DELETE_ON_ERROR:
 .SUFFIXES:
-.PHONY: help archive metadata demo test bench venv
+.PHONY: help archive metadata dataset catalog verify demo test bench venv
 
-STORE_GOALS := archive metadata
+STORE_GOALS := archive metadata dataset catalog verify
 ifneq ($(filter $(STORE_GOALS),$(MAKECMDGOALS)),)
   ifeq ($(strip $(STUDY)),)
-    $(error set STUDY=<study ID> and VISIT=<visit ID>)
+    $(error set STUDY=<study ID> (and VISIT=<visit ID>, or none for every visit))
   endif
-  ifeq ($(strip $(VISIT)),)
-    $(error set STUDY=<study ID> and VISIT=<visit ID>)
+  ifeq ($(strip $(VISITS)),)
+    $(error no visit: set VISIT=<visit ID>, or build an archive in $(STUDY_DIR) first)
   endif
 endif
 
 help:
 	@sed -n 's/^## //p' $(lastword $(MAKEFILE_LIST))
 
-## Targets:
-##   archive    step 1 for STUDY/VISIT from INPUT: <store>/<study>/<visit>_dicom.tar
-archive: $(STUDY_DIR)/$(VISIT)_dicom.tar
-##   metadata   step 2: <visit>_metadata_tarball.json, <visit>_metadata_dicoms.json
-metadata: $(STUDY_DIR)/$(VISIT)_metadata_dicoms.json
-##   demo       the pipeline on the bundled sample visit, into ./demo-store
+## Targets (STUDY required; VISIT, or every visit of STUDY that has an archive):
+##   archive    step 1 from INPUT: <store>/<study>/<visit>_dicom.tar and .md5sum
+archive: $(VISITS:%=$(STUDY_DIR)/%_dicom.tar)
+##   metadata   step 2: <visit>_metadata_tarball.json and <visit>_metadata_dicoms.json
+metadata: $(VISITS:%=$(STUDY_DIR)/%_metadata_dicoms.json)
+##   dataset    step 3: <visit>_XDLRA--refs and <visit>_XDLRA--repo-export
+dataset: $(VISITS:%=$(STUDY_DIR)/%_XDLRA--refs)
+##   catalog    step 4: the visit in <study>/catalog/ (runs every step still due)
+catalog: $(VISITS:%=$(STUDY_DIR)/catalog/visits/%.json)
+## Other targets:
+##   demo       the whole pipeline on the bundled sample visit, into ./demo-store
 ##   test       the test suite (pytest)
-##   bench      speed figures on a replicated 5,000-file visit, beside GNU tar
+##   bench      speed figures on a replicated 5,460-file visit, beside GNU tar
 ##   venv       create or refresh the virtual environment from requirements.txt
 ##   help       this list
 
 $(STUDY_DIR)/%_dicom.tar: | $(VENV_READY)
-	@test -n "$(INPUT)" || { echo "make: set INPUT=<dicom dir> to build $@" >&2; exit 2; }
-	$(RUN)make_studyvisit_archive -o "$(STORE)" --id "$(STUDY)" "$*" "$(INPUT)"
+	@test -n "$(INPUT)" || { echo "make: set INPUT=<DICOM directory> to build $@" >&2; exit 2; }
+	$(RUN)make_studyvisit_archive $(IDS) "$(INPUT)"
 
-$(STUDY_DIR)/%_metadata_tarball.json $(STUDY_DIR)/%_metadata_dicoms.json: $(STUDY_DIR)/%_dicom.tar | $(VENV_READY)
-	$(RUN)deposit_visit_metadata --force -o "$(STORE)" --id "$(STUDY)" "$*"
+$(STUDY_DIR)/%_metadata_tarball.json $(STUDY_DIR)/%_metadata_dicoms.json: \
+    $(STUDY_DIR)/%_dicom.tar | $(VENV_READY)
+	$(RUN)deposit_visit_metadata --force $(IDS)
+
+$(STUDY_DIR)/%_XDLRA--refs $(STUDY_DIR)/%_XDLRA--repo-export: \
+    $(STUDY_DIR)/%_metadata_tarball.json $(STUDY_DIR)/%_metadata_dicoms.json | $(VENV_READY)
+	$(RUN)deposit_visit_dataset --force $(IDS) $(STORE_URL_OPTION)
+
+$(STUDY_DIR)/catalog/visits/%.json: $(STUDY_DIR)/%_metadata_tarball.json \
+    $(STUDY_DIR)/%_metadata_dicoms.json $(STUDY_DIR)/%_XDLRA--refs | $(VENV_READY)
+	$(RUN)catalogify_studyvisit_from_meta $(IDS) $(STORE_URL_OPTION)
 
 venv: $(VENV_READY)
-$(VENV_READY): $(ICF)/requirements.txt
+$(VENV)/.requirements-installed: $(ICF)/requirements.txt
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $<
 	touch $@
@@ -73,11 +99,16 @@ $(VENV_READY): $(ICF)/requirements.txt
 DEMO_STORE := $(CURDIR)/demo-store
 demo: | $(VENV_READY)
 	$(MAKE) --no-print-directory -f $(ICF)/Makefile STORE=$(DEMO_STORE) STUDY=demo VISIT=visit1 \
-	  INPUT=$(ICF)/tests/data/sample-visit metadata
-	@echo; echo "Made in $(DEMO_STORE)/demo:"; ls -l $(DEMO_STORE)/demo
+	  INPUT=$(ICF)/tests/data/sample-visit catalog
+	@echo
+	@echo "Made in $(DEMO_STORE)/demo:"
+	@ls -l $(DEMO_STORE)/demo
+	@echo
+	@echo "View the catalog:  python3 -m http.server -d $(DEMO_STORE)/demo/catalog  (then open http://localhost:8000)"
+	@echo "Clone the visit:   $(WITH_PATH)datalad clone 'datalad-annex::?type=external&externaltype=uncurl&url=file://$(DEMO_STORE)/demo/visit1_{{annex_key}}&encryption=none' visit1"
 
 test: | $(VENV_READY)
-	cd $(ICF) && PATH="$(dir $(PYTHON)):$$PATH" $(PYTHON) -m pytest -ra tests
+	cd $(ICF) && $(WITH_PATH)$(PYTHON) -m pytest -ra tests
 
 bench: | $(VENV_READY)
-	cd $(ICF) && PATH="$(dir $(PYTHON)):$$PATH" $(PYTHON) tests/bench.py
+	cd $(ICF) && $(WITH_PATH)$(PYTHON) tests/bench.py

@@ -1,0 +1,341 @@
+"""Step 4: catalogify_studyvisit_from_meta (the study catalog).
+
+Inputs are the two metadata JSON files of formats.md, written here by
+:func:`write_visit_metadata` (swap it for the shared steps-1/2 fixture when
+there is one). Everything else is real: the script, datalad-catalog, a
+threaded HTTP server on 127.0.0.1 and a headless Chromium.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lib"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from browser import Chromium, chromium_or_skip, non_local, serve  # noqa: E402
+from conftest import make_dicom, run_tool  # noqa: E402
+from icf import IcfError  # noqa: E402
+from icf.catalog import (  # noqa: E402
+    DATASET_VERSION, human_size, offline_index, remote_refs, series_of, study_id, visit_id,
+)
+from icf.store import Visit, default_store_url  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parent.parent / "bin" / "catalogify_studyvisit_from_meta"
+STUDY = "study-1"
+
+#: (SeriesNumber, SeriesDescription, ProtocolName, Modality, MRAcquisitionType,
+#:  PulseSequenceName, number of images): a visit's series, deliberately unsorted
+SERIES = [
+    (10, "func run 1", "fmri_task", "MR", "2D", "epfid2d1_64", 3),
+    (2, "T1w MPRAGE", "t1_mprage", "MR", "3D", "tfl3d1_16ns", 2),
+    ("", "phoenix report", "", "SR", "", "", 1),
+]
+
+
+def write_visit_metadata(store: Path, study: str, visit: str, series=SERIES,
+                         tar_size: int = 123_456_789, extra: dict | None = None) -> Visit:
+    """Write ``<visit>_metadata_tarball.json`` and ``_metadata_dicoms.json`` per formats.md.
+
+    ``extra`` adds fields to every DICOM entry (to smuggle PHI in).
+    """
+    v = Visit(store, study, visit)
+    v.study_dir.mkdir(parents=True, exist_ok=True)
+    v.metadata_tarball.write_text(json.dumps({
+        "size": tar_size, "md5": "0123456789abcdef0123456789abcdef",
+        "dspath": v.dataset_tar_path, "storepath": v.store_tar_path,
+    }))
+    entries = []
+    for number, description, protocol, modality, acq, pulse, images in series:
+        for i in range(images):
+            entries.append({
+                "path": f"{v.archive_top}/s{number}/{i:04d}.dcm",
+                "md5": f"{i:032x}", "size": 1000 + i,
+                "SeriesDescription": description, "SeriesNumber": number,
+                "Modality": modality, "MRAcquisitionType": acq,
+                "ProtocolName": protocol, "PulseSequenceName": pulse,
+                **(extra or {}),
+            })
+    v.metadata_dicoms.write_text(json.dumps(entries))
+    return v
+
+
+def catalogify(store: Path, visit: str, *options: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "-o", str(store), "--id", STUDY, visit, *options],
+        capture_output=True, text=True, check=check,
+    )
+
+
+def records(catalog: Path) -> dict[str, dict]:
+    """Every dataset record in the catalog, by dataset id."""
+    found = {}
+    for path in (catalog / "metadata").glob("*/*/*/*.json"):
+        record = json.loads(path.read_text())
+        assert record["dataset_id"] not in found
+        found[record["dataset_id"]] = record
+    return found
+
+
+def visit_rec(store: Path, visit: str) -> dict:
+    return records(store / STUDY / "catalog")[visit_id(Visit(store, STUDY, visit))]
+
+
+def study_rec(store: Path) -> dict:
+    return records(store / STUDY / "catalog")[study_id(STUDY)]
+
+
+def metadata_bytes(catalog: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(catalog)): p.read_bytes()
+            for p in sorted((catalog / "metadata").rglob("*")) if p.is_file()}
+
+
+# -- pure functions -------------------------------------------------------------
+
+def test_series_grouped_by_all_tags_and_sorted_by_number():
+    dicoms = [
+        {"SeriesNumber": 10, "SeriesDescription": "b", "ProtocolName": "p", "Modality": "MR",
+         "MRAcquisitionType": "2D", "PulseSequenceName": ""},
+        {"SeriesNumber": 2, "SeriesDescription": "a", "ProtocolName": "p", "Modality": "MR",
+         "MRAcquisitionType": ["2D", "3D"], "PulseSequenceName": ""},
+        {"SeriesNumber": "", "SeriesDescription": "c", "ProtocolName": "", "Modality": "SR",
+         "MRAcquisitionType": "", "PulseSequenceName": ""},
+        {"SeriesNumber": 10, "SeriesDescription": "b", "ProtocolName": "p", "Modality": "MR",
+         "MRAcquisitionType": "2D", "PulseSequenceName": ""},
+        {"SeriesNumber": 10, "SeriesDescription": "other", "ProtocolName": "p", "Modality": "MR",
+         "MRAcquisitionType": "2D", "PulseSequenceName": ""},
+    ]
+    got = [(s.number, s.description, s.acquisition_type, s.images) for s in series_of(dicoms)]
+    assert got == [("2", "a", "2D, 3D", 1), ("10", "b", "2D", 2), ("10", "other", "2D", 1),
+                   ("", "c", "", 1)]
+
+
+@pytest.mark.parametrize("size,text", [
+    (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (123_456_789, "117.7 MiB"),
+    (5 * 1024**4, "5.0 TiB"), (3 * 1024**5, "3072.0 TiB"),
+])
+def test_human_size(size, text):
+    assert human_size(size) == text
+
+
+def test_offline_index_refuses_an_unknown_remote_script(tmp_path):
+    (tmp_path / "index.html").write_text(
+        '<html><head><title>x</title><script src="https://cdn.example/x.js"></script></head></html>')
+    with pytest.raises(IcfError, match="cdn.example"):
+        offline_index(tmp_path, "T")
+
+
+# -- the script ---------------------------------------------------------------------
+
+def test_visit_and_study_records(tmp_path):
+    store = tmp_path / "store"
+    v = write_visit_metadata(store, STUDY, "visit-a")
+    result = catalogify(store, "visit-a", "--store-url", "https://data.example.org/store")
+    assert "visit-a" in result.stderr and "1 visit" in result.stderr
+
+    rec = visit_rec(store, "visit-a")
+    assert rec["name"] == "visit-a" and rec["dataset_version"] == DATASET_VERSION
+    assert rec["url"] == v.clone_url("https://data.example.org/store")
+    assert rec["keywords"] == ["MR", "SR", "fmri_task", "t1_mprage"]
+    assert rec["top_display"] == [
+        {"name": "TAR size", "value": "117.7 MiB"},
+        {"name": "DICOM files", "value": 6},
+        {"name": "Series", "value": 3},
+    ]
+    [tab] = rec["additional_display"]
+    assert tab["name"] == "DICOM"
+    rows = list(tab["content"].values())
+    assert [r["series number"] for r in rows] == ["2", "10", ""]
+    assert rows[0] == {
+        "series number": "2", "series description": "T1w MPRAGE", "protocol name": "t1_mprage",
+        "modality": "MR", "MR acquisition type": "3D", "pulse sequence name": "tfl3d1_16ns",
+        "number of images": 2,
+    }
+
+    study = study_rec(store)
+    assert study["name"] == STUDY and study["description"]
+    assert [s["dataset_path"] for s in study["subdatasets"]] == ["visit-a"]
+    assert study["subdatasets"][0]["dataset_id"] == rec["dataset_id"]
+    home = json.loads((store / STUDY / "catalog" / "metadata" / "super.json").read_text())
+    assert home == {"dataset_id": study_id(STUDY), "dataset_version": DATASET_VERSION}
+    leftovers = [p.name for p in (store / STUDY).iterdir() if p.name.startswith(".catalog.")]
+    assert leftovers == [".catalog.lock"]
+
+
+def test_default_store_url_is_the_store_directory(tmp_path):
+    store = tmp_path / "store"
+    v = write_visit_metadata(store, STUDY, "visit-a")
+    catalogify(store, "visit-a")
+    assert visit_rec(store, "visit-a")["url"] == v.clone_url(default_store_url(store))
+
+
+def test_rerun_is_idempotent_and_updates_replace(tmp_path):
+    store = tmp_path / "store"
+    catalog = store / STUDY / "catalog"
+    write_visit_metadata(store, STUDY, "visit-a")
+    write_visit_metadata(store, STUDY, "visit-b")
+    catalogify(store, "visit-a")
+    catalogify(store, "visit-b")
+    before = metadata_bytes(catalog)
+    catalogify(store, "visit-a")
+    catalogify(store, "visit-b")
+    assert metadata_bytes(catalog) == before  # same bytes, same files
+
+    # new metadata for visit-a: every value must be replaced, nothing merged
+    write_visit_metadata(store, STUDY, "visit-a", series=[(7, "dwi", "dti", "MR", "2D", "ep_b", 4)],
+                         tar_size=2048)
+    for _ in range(2):
+        catalogify(store, "visit-a")
+    rec = visit_rec(store, "visit-a")
+    assert rec["keywords"] == ["MR", "dti"]
+    assert rec["top_display"] == [{"name": "TAR size", "value": "2.0 KiB"},
+                                  {"name": "DICOM files", "value": 4},
+                                  {"name": "Series", "value": 1}]
+    assert list(rec["additional_display"][0]["content"]) == ["Series 7"]
+    assert len(rec["additional_display"]) == 1
+    assert rec["metadata_sources"]["sources"] == [{"source_name": "icf-utils", "source_version": "1"}]
+    # keywords that became empty do not survive either
+    write_visit_metadata(store, STUDY, "visit-a", series=[(7, "x", "", "", "", "", 1)])
+    catalogify(store, "visit-a")
+    assert "keywords" not in visit_rec(store, "visit-a")
+
+    study = study_rec(store)
+    assert [s["dataset_path"] for s in study["subdatasets"]] == ["visit-a", "visit-b"]
+    assert sorted(c["name"] for c in study["children"]) == ["visit-a", "visit-b"]
+    assert len(records(catalog)) == 3
+
+
+def test_parallel_runs_lose_no_visit(tmp_path):
+    store = tmp_path / "store"
+    visits = [f"visit-{i}" for i in range(6)]
+    for visit in visits:
+        write_visit_metadata(store, STUDY, visit)
+    runs = [subprocess.Popen([sys.executable, str(SCRIPT), "-q", "-o", str(store), "--id", STUDY, v],
+                             stderr=subprocess.PIPE, text=True) for v in visits]
+    for run in runs:
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+    study = study_rec(store)
+    assert [s["dataset_path"] for s in study["subdatasets"]] == visits
+    assert sorted(c["name"] for c in study["children"]) == visits
+    for visit in visits:
+        assert visit_rec(store, visit)["top_display"][1] == {"name": "DICOM files", "value": 6}
+    leftovers = [p.name for p in (store / STUDY).iterdir() if p.name.startswith(".catalog.")]
+    assert leftovers == [".catalog.lock"]
+
+
+def test_site_is_offline_and_configurable(tmp_path):
+    store = tmp_path / "store"
+    write_visit_metadata(store, STUDY, "visit-a")
+    config = tmp_path / "cfg" / "look.json"
+    config.parent.mkdir()
+    (config.parent / "mylogo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    config.write_text(json.dumps({"catalog_name": "Facility X", "logo_path": "mylogo.svg",
+                                  "link_color": "#000000", "link_hover_color": "#111111"}))
+    catalogify(store, "visit-a", "--config-file", str(config))
+    catalog = store / STUDY / "catalog"
+    html = (catalog / "index.html").read_text()
+    assert remote_refs(html) == []
+    assert "<title>Facility X</title>" in html
+    for ref in re.findall(r'<(?:script|link)[^>]* (?:src|href)="([^"]+)"', html):
+        assert (catalog / ref).is_file(), ref
+    written = json.loads((catalog / "config.json").read_text())
+    assert written["catalog_name"] == "Facility X"
+    assert (catalog / written["logo_path"]).read_text().startswith("<svg")
+    assert written["property_sources"]["dataset"]["keywords"] == {"rule": "single", "source": "icf-utils"}
+
+
+def test_missing_metadata_is_one_line_error(tmp_path):
+    store = tmp_path / "store"
+    (store / STUDY).mkdir(parents=True)
+    result = catalogify(store, "visit-a", check=False)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "visit-a_metadata_tarball.json" in result.stderr
+    assert not (store / STUDY / "catalog").exists()
+
+
+def test_no_phi_reaches_the_catalog(tmp_path):
+    """Only the six whitelisted tags, sizes and counts may leave the JSON.
+
+    The input carries PHI in non-whitelisted fields and in member paths (which
+    the contract allows in the JSON, not in the catalog): none of it may appear
+    in any file of the catalog, and no md5 either.
+    """
+    store = tmp_path / "store"
+    phi = {"PatientName": "Doe^Jane^Q", "PatientID": "PID-8675309",
+           "PatientBirthDate": "19451231", "InstitutionName": "St. Secret Hospital"}
+    v = write_visit_metadata(store, STUDY, "visit-a", extra=phi)
+    entries = json.loads(v.metadata_dicoms.read_text())
+    for e in entries:
+        e["path"] = e["path"].replace("/s", "/Doe_Jane_PID-8675309/s")
+    v.metadata_dicoms.write_text(json.dumps(entries))
+    catalogify(store, "visit-a")
+    forbidden = list(phi.values()) + ["Doe_Jane", "0123456789abcdef0123456789abcdef"]
+    forbidden += [e["md5"] for e in entries if e["md5"] != f"{0:032x}"]
+    for path in (store / STUDY / "catalog").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for word in forbidden:
+                assert word.encode() not in data, (word, path)
+
+
+def test_no_phi_from_real_dicoms_through_steps_1_2_4(tmp_path):
+    """PHI-laden DICOMs through the real chain (archive, metadata, catalog)."""
+    phi = {"PatientName": "Roe^Richard", "PatientID": "MRN-31415926",
+           "PatientBirthDate": "19380217", "InstitutionName": "Clinic Of Secrets",
+           "ReferringPhysicianName": "Who^Doctor", "StudyDescription": "PRIVATE_STUDY_NOTE"}
+    for series, protocol in ((4, "bold_rest"), (1, "localizer")):
+        for i in range(2):
+            make_dicom(tmp_path / "in" / f"s{series}" / f"{i}.dcm", SeriesNumber=series,
+                       ProtocolName=protocol, SeriesDescription=protocol, **phi)
+    store = tmp_path / "store"
+    for step in (("make_studyvisit_archive", tmp_path / "in"), ("deposit_visit_metadata",)):
+        result = run_tool(step[0], "-o", store, "--id", STUDY, "visit-a", *step[1:])
+        assert result.returncode == 0, result.stderr
+    assert b"MRN-31415926" in Visit(store, STUDY, "visit-a").tarball.read_bytes()  # PHI is there
+    catalogify(store, "visit-a")
+    rows = visit_rec(store, "visit-a")["additional_display"][0]["content"]
+    assert [r["protocol name"] for r in rows.values()] == ["localizer", "bold_rest"]
+    for path in (store / STUDY / "catalog").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for value in phi.values():
+                for word in value.split("^"):
+                    assert word.encode() not in data, (word, path)
+
+
+# -- in a real browser, offline -------------------------------------------------------
+
+def test_catalog_renders_offline_in_chromium(tmp_path):
+    executable = chromium_or_skip()
+    store = tmp_path / "store"
+    visits = ["visit-a", "visit-b", "visit-c"]
+    for visit in visits:
+        write_visit_metadata(store, STUDY, visit)
+        catalogify(store, visit)
+    with serve(store / STUDY / "catalog") as url, Chromium(executable) as browser:
+        browser.open(url)
+        browser.wait_for_text(STUDY, "Subdatasets (3)", *visits)
+
+        browser.click_text("a.subdataset", "visit-b")  # the study page links each visit
+        browser.wait_for_text("DICOM data of visit visit-b", "TAR size: 117.7 MiB",
+                              "DICOM files: 6", "Series: 3")
+        # Navigating inside the app happens to open the last tab; a fresh load
+        # of the visit page opens "Content", from where a user clicks "DICOM".
+        browser.reload()
+        page = browser.wait_for_text("DICOM data of visit visit-b", "TAR size: 117.7 MiB")
+        assert "series description" not in page
+        browser.click_text("a[role=tab]", "DICOM")
+        page = browser.wait_for_text("series description: T1w MPRAGE")
+        table = page[page.index("Series 2"):]
+        assert table.index("Series 2") < table.index("Series 10") < table.index("Series (no number)")
+        for text in ("protocol name: fmri_task", "MR acquisition type: 3D",
+                     "pulse sequence name: epfid2d1_64", "number of images: 3", "modality: SR"):
+            assert text in table
+        assert browser.requests and non_local(browser.requests) == []
