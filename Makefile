@@ -43,7 +43,7 @@ STORE_URL_OPTION = $(if $(STORE_URL),--store-url "$(STORE_URL)")
 
 .DELETE_ON_ERROR:
 .SUFFIXES:
-.PHONY: help archive metadata dataset catalog verify demo test bench venv
+.PHONY: help archive metadata dataset catalog verify demo test bench docs venv
 
 STORE_GOALS := archive metadata dataset catalog verify
 ifneq ($(filter $(STORE_GOALS),$(MAKECMDGOALS)),)
@@ -67,10 +67,15 @@ metadata: $(VISITS:%=$(STUDY_DIR)/%_metadata_dicoms.json)
 dataset: $(VISITS:%=$(STUDY_DIR)/%_XDLRA--refs)
 ##   catalog    step 4: the visit in <study>/catalog/ (runs every step still due)
 catalog: $(VISITS:%=$(STUDY_DIR)/catalog/visits/%.json)
+##   verify     re-hash archive, members and deposit keys against the metadata
+verify: $(VISITS:%=verify-%)
+verify-%: | $(VENV_READY)
+	$(RUN)verify_visit $(IDS)
 ## Other targets:
 ##   demo       the whole pipeline on the bundled sample visit, into ./demo-store
 ##   test       the test suite (pytest)
 ##   bench      speed figures on a replicated 5,460-file visit, beside GNU tar
+##   docs       the documentation (Sphinx, warnings as errors) in docs/_build/html
 ##   venv       create or refresh the virtual environment from requirements.txt
 ##   help       this list
 
@@ -112,3 +117,7 @@ test: | $(VENV_READY)
 
 bench: | $(VENV_READY)
 	cd $(ICF) && $(WITH_PATH)$(PYTHON) tests/bench.py
+
+docs: | $(VENV_READY)
+	$(WITH_PATH)$(PYTHON) -m sphinx -W --keep-going -q -b html $(ICF)/docs $(ICF)/docs/_build/html
+	@echo "docs: $(ICF)/docs/_build/html/index.html"

@@ -20,6 +20,8 @@ import hashlib
 import time
 from pathlib import Path
 
+from measure import measure
+
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "bench-work"
 SHARED = REPO.parent / "shared" / "data" / "example-dicom-functional-1block" / "dicoms"
@@ -50,26 +52,12 @@ def replicated_visit(files: int) -> Path:
     return target
 
 
-def timed(command: list, **kwargs) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one run of ``command``.
-
-    The peak is the child's own VmHWM, sampled every 5 ms: rusage would count
-    this (larger) process, whose memory the child shares until it execs.
-    """
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, **kwargs)
-    peak_kb = 0
-    while proc.poll() is None:
-        try:
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            peak_kb = max(peak_kb, int(status.split("VmHWM:")[1].split()[0]))
-        except (OSError, IndexError):
-            pass
-        time.sleep(0.005)
-    elapsed = time.perf_counter() - started
-    if proc.returncode != 0:
+def timed(command: list) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of one run of ``command``."""
+    run = measure(command)
+    if run.returncode != 0:
         raise SystemExit(f"bench: failed: {' '.join(map(str, command))}")
-    return elapsed, peak_kb / 1024
+    return run.seconds, run.peak_rss_mb
 
 
 def best_of(runs: int, prepare, command) -> tuple[float, float]:

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -42,22 +41,6 @@ def run_tool(script: str, *args, cwd=None, env=None, unprivileged: bool = False,
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
         preexec_fn=preexec, **kwargs,
     )
-
-
-def peak_rss_mb(command: list) -> tuple[int, float]:
-    """(exit status, peak RSS in MB) of ``command``: its VmHWM sampled every
-    5 ms (rusage would count this process's memory, which a child shares
-    until it execs)."""
-    proc = subprocess.Popen([str(c) for c in command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak_kb = 0
-    while proc.poll() is None:
-        try:
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            peak_kb = max(peak_kb, int(status.split("VmHWM:")[1].split()[0]))
-        except (OSError, IndexError):
-            pass
-        time.sleep(0.005)
-    return proc.returncode, peak_kb / 1024
 
 
 def members(tar_path: Path) -> list[tarfile.TarInfo]:

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SAMPLE_VISIT, make_dicom, members, peak_rss_mb, run_tool
+from conftest import REPO, SAMPLE_VISIT, make_dicom, members, run_tool
+from measure import measure
 
 from icf.dicom import parse_date, parse_datetime, parse_time, read_file_header
 
@@ -233,9 +234,9 @@ def test_pixel_data_is_not_read_memory_stays_flat(tmp_path, store):
     with open(big, "ab") as f:  # append a 300 MB PixelData element (OW), sparse
         f.write(b"\xe0\x7f\x10\x00OW\0\0" + (300 * 2**20).to_bytes(4, "little"))
         f.truncate(f.tell() + 300 * 2**20)
-    status, peak = peak_rss_mb([sys.executable, REPO / "bin/make_studyvisit_archive", "-o", store,
+    run = measure([sys.executable, REPO / "bin/make_studyvisit_archive", "-o", store,
                                 "--id", "study", "visit", tmp_path / "in"])
-    assert status == 0 and 5 < peak < 100, f"peak RSS {peak:.0f} MB"
+    assert run.returncode == 0 and 5 < run.peak_rss_mb < 100, run
     assert members(store / "study" / "visit_dicom.tar")[0].size == big.stat().st_size
 
 

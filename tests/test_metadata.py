@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SAMPLE_VISIT, make_dicom, peak_rss_mb, run_tool
+from conftest import REPO, SAMPLE_VISIT, make_dicom, run_tool
+from measure import measure
 from pydicom.dataelem import DataElement
 
 FIELDS = ["path", "md5", "size", "SeriesDescription", "SeriesNumber", "Modality",
@@ -101,9 +102,9 @@ def test_large_member_streams_in_bounded_memory(tmp_path, store):
         f.write(b"\xe0\x7f\x10\x00OW\0\0" + (300 * 2**20).to_bytes(4, "little"))
         f.truncate(f.tell() + 300 * 2**20)
     archive(store, tmp_path / "in")
-    status, peak = peak_rss_mb([sys.executable, REPO / "bin/deposit_visit_metadata", "-o", store,
+    run = measure([sys.executable, REPO / "bin/deposit_visit_metadata", "-o", store,
                                 "--id", "study", "visit"])
-    assert status == 0 and 10 < peak < 100, f"peak RSS {peak:.0f} MB"
+    assert run.returncode == 0 and 10 < run.peak_rss_mb < 100, run
     _, dicoms = load(store)
     assert dicoms[0]["size"] == big.stat().st_size
     assert dicoms[0]["md5"] == hashlib.md5(big.read_bytes()).hexdigest()
