@@ -62,9 +62,9 @@ help:
 ##   archive    step 1 from INPUT: <store>/<study>/<visit>_dicom.tar and .md5sum
 archive: $(VISITS:%=$(STUDY_DIR)/%_dicom.tar)
 ##   metadata   step 2: <visit>_metadata_tarball.json and <visit>_metadata_dicoms.json
-metadata: $(VISITS:%=$(STUDY_DIR)/%_metadata_dicoms.json)
+metadata: $(foreach f,tarball dicoms,$(VISITS:%=$(STUDY_DIR)/%_metadata_$(f).json))
 ##   dataset    step 3: <visit>_XDLRA--refs and <visit>_XDLRA--repo-export
-dataset: $(VISITS:%=$(STUDY_DIR)/%_XDLRA--refs)
+dataset: $(foreach f,refs repo-export,$(VISITS:%=$(STUDY_DIR)/%_XDLRA--$(f)))
 ##   catalog    step 4: the visit in <study>/catalog/ (runs every step still due)
 catalog: $(VISITS:%=$(STUDY_DIR)/catalog/visits/%.json)
 ##   verify     re-hash archive, members and deposit keys against the metadata
@@ -110,7 +110,8 @@ demo: | $(VENV_READY)
 	@ls -l $(DEMO_STORE)/demo
 	@echo
 	@echo "View the catalog:  python3 -m http.server -d $(DEMO_STORE)/demo/catalog  (then open http://localhost:8000)"
-	@echo "Clone the visit:   $(WITH_PATH)datalad clone 'datalad-annex::?type=external&externaltype=uncurl&url=file://$(DEMO_STORE)/demo/visit1_{{annex_key}}&encryption=none' visit1"
+	@echo "Clone the visit (from outside any git repository):"
+	@echo "  cd /tmp && $(if $(findstring /,$(PYTHON)),PATH=$(abspath $(dir $(PYTHON))):\$$PATH )datalad clone 'datalad-annex::?type=external&externaltype=uncurl&url=file://$(DEMO_STORE)/demo/visit1_{{annex_key}}&encryption=none' visit1"
 
 test: | $(VENV_READY)
 	cd $(ICF) && $(WITH_PATH)$(PYTHON) -m pytest -ra tests

@@ -20,6 +20,10 @@ SAMPLE_DICOMS = sorted(SAMPLE_VISIT.glob("run1-*/MR.*"))
 
 sys.path.insert(0, str(REPO / "lib"))
 
+# Tests run make themselves: the same whether pytest runs under `make test` or not.
+for variable in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"):
+    os.environ.pop(variable, None)
+
 
 def drop_file_access_override() -> None:
     """In a child process: give up root's power to read any file
@@ -86,6 +90,15 @@ def make_dicom(path: Path, *, preamble: bool = True, implicit: bool = False,
     else:
         ds.save_as(path, implicit_vr=implicit, little_endian=True)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean():
+    """No test may touch this checkout's git repository: a command run here
+    by mistake (e.g. ``datalad clone`` from inside a git repository makes
+    git-annex initialise that repository) fails the session."""
+    yield
+    assert not (REPO / ".git" / "annex").exists(), f"a test ran git-annex in {REPO}"
 
 
 @pytest.fixture

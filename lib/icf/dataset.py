@@ -1,0 +1,517 @@
+"""Step 3: from a visit's two JSON files, deposit a clonable DataLad dataset
+as ``<visit>_XDLRA--refs`` and ``<visit>_XDLRA--repo-export``.
+
+What a clone shows (``docs/formats.md``): ``icf/<visit>_dicom.tar`` (content
+from the ``uncurl`` special remote at ``<store-url>/<study>/<visit>_dicom.tar``)
+and one annexed file per DICOM at its archive path (content extracted from the
+TAR by the ``archivist`` special remote via ``dl+archive:`` URLs), each DICOM
+with git-annex metadata for the non-empty exported tags.
+
+How it is built, and why that way (no process per file):
+
+- The repository is made with a handful of git/git-annex calls whose number
+  does not depend on the visit: ``git init``, ``git annex init``, one
+  ``git annex examinekey --batch`` (object directories), one
+  ``git fast-import`` and one ``git push``.
+- Keys are computed here, not by git-annex: ``MD5E-s<size>--<md5><ext>`` with
+  git-annex's extension rule (:func:`key_extension`) under pinned settings
+  :data:`KEY_SETTINGS`. A DICOM named ``MR.1.3.46.670589...`` has no
+  extension (its last dot-part is longer than 4 characters).
+- ``git fast-import`` writes the tree of annex symlinks (branch ``main``) and,
+  on top of the git-annex branch left by ``git annex init``, one commit
+  holding the two special remotes (``uuid.log``, ``remote.log``) and every
+  key's location log (present in uncurl or archivist), URL log and metadata
+  log -- the same lines ``initremote``, ``registerurl --batch --remote=...``
+  and ``metadata --batch`` write (a test builds both ways and compares the
+  git-annex branches file by file). ``initremote`` itself is not run: it
+  starts each remote's Python program (~1.5 s each).
+- The two deposit files come from a ``git push`` to a ``datalad-annex::`` URL
+  whose uncurl URL points into the build directory; they are then moved into
+  the study directory (``repo-export`` first, ``refs`` last). Neither file
+  contains the build directory's URL.
+
+Determinism: the same JSON files, TAR and store URL give the same
+``XDLRA--refs`` (the same commit ids) on every run and machine, because
+
+- every date (author, committer, git-annex log timestamps through
+  ``GIT_ANNEX_VECTOR_CLOCK``) is the archive's timestamp: the largest member
+  mtime in the TAR headers (step 1 sets it from the DICOMs' StudyDate/Time);
+- the dataset id is ``derived_uuid(study, visit)`` (the catalog's id for the
+  visit), the annex UUID and the special remotes' UUIDs are
+  ``derived_uuid(study, visit, "annex" | "uncurl" | "archivist")``, and the
+  annex description and author identity are fixed (:data:`IDENTITY`);
+- git runs with ``GIT_CONFIG_GLOBAL=/dev/null`` and ``GIT_CONFIG_NOSYSTEM=1``
+  plus the pinned settings, so neither the user's configuration nor a
+  missing identity changes (or breaks) anything, and nothing outside the
+  build directory is ever configured.
+
+``XDLRA--repo-export`` is a ZIP made by the datalad-annex remote helper; its
+entry timestamps vary, its content does not.
+
+File names: ``archivist`` takes the member path literally from
+``dl+archive:<key>#path=<path>&size=<n>`` (no percent-decoding; the path ends
+at the first ``&``, the key at the last ``#``), so a path containing ``&`` or
+``#`` cannot be addressed, and a line break cannot pass git-annex's logs.
+Such paths are refused, naming the file, before anything is written. Spaces,
+quotes, ``%``, ``?``, ``+``, ``;``, ``=`` and non-ASCII work as they are.
+
+Users behind HTTP authentication (tested with basic auth): uncurl asks
+datalad-next's credential system, both for ``datalad clone`` and for
+``datalad get``. Credentials are found by *realm*: for a server answering
+``WWW-Authenticate: Basic realm="icf"`` at ``https://host``, the realm is
+``https://host/icf``. Either store one once (not tested here) with
+``datalad credentials set icf user=<name> realm=https://host/icf
+type=user_password`` (asks for the secret), or supply it per session in the
+environment (the way the tests use)::
+
+    DATALAD_CREDENTIAL_ICF_USER=<name> DATALAD_CREDENTIAL_ICF_SECRET=<secret>
+    DATALAD_CREDENTIAL_ICF_REALM=https://host/icf DATALAD_CREDENTIAL_ICF_TYPE=user_password
+
+Without a matching credential (and no terminal to ask on) or with a wrong
+one, the clone fails and ``datalad get`` fails without leaving content.
+
+Crash safety: everything is built in ``.<visit>_XDLRA.build/`` in the study
+directory (locked while in use, emptied by the next run if a run was killed);
+the deposit files are written as ``.partial`` files and renamed into place at
+the very end, ``repo-export`` first and ``refs`` last. An existing deposit is
+refused unless ``force``.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from icf import IcfError
+from icf.dicom import EXPORTED_TAGS
+from icf.output import write_files
+from icf.store import Visit, derived_uuid
+
+#: git-annex settings that decide keys; pinned for the build repository.
+KEY_SETTINGS = {
+    "annex.backend": "MD5E",
+    "annex.maxextensionlength": "4",
+    "annex.maxextensions": "2",
+}
+#: Who "made" the commits (no user identity is needed or used).
+IDENTITY = ("ICF deposit_visit_dataset", "icf-utils@localhost")
+#: Characters a member path cannot contain (see the module docstring).
+FORBIDDEN_IN_PATH = {"&": "'&'", "#": "'#'", "\n": "a line break", "\r": "a carriage return"}
+
+DATALAD_GITATTRIBUTES = b"* annex.backend=MD5E\n**/.git* annex.largefiles=nothing\n"
+DATALAD_DIR_GITATTRIBUTES = (
+    b"config annex.largefiles=nothing\n"
+    b"metadata/aggregate* annex.largefiles=nothing\n"
+    b"metadata/objects/** annex.largefiles=(anything)\n"
+)
+
+
+@dataclass(frozen=True)
+class AnnexedFile:
+    """One file of the dataset: its path, key, and where its content is."""
+
+    path: str
+    key: str
+    url: str
+    remote: str  # "uncurl" or "archivist"
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    files: int
+    timestamp: int
+
+    def __str__(self) -> str:
+        return f"deposited a dataset of {self.files} DICOMs and the archive"
+
+
+# -- keys -------------------------------------------------------------------
+
+
+def key_extension(name: str, max_length: int = 4, max_count: int = 2) -> str:
+    """The extension git-annex's MD5E backend keeps from file ``name``
+    (``selectExtension`` in git-annex's Backend/Utilities.hs): of the
+    dot-separated parts after the base name's first dot, the trailing run
+    of parts at most ``max_length`` bytes long, keeping only parts of ASCII
+    letters/digits or non-ASCII bytes, at most ``max_count`` of them."""
+    base = name.rsplit("/", 1)[-1].lstrip(".").encode("utf-8")
+    if b"." not in base:
+        return ""
+    parts = base[base.index(b"."):].split(b".")
+    short: list[bytes] = []
+    for part in reversed(parts):
+        if len(part) > max_length:
+            break
+        short.append(part)
+    valid = [p for p in short if all(c > 127 or chr(c).isalnum() for c in p)][:max_count]
+    return "".join("." + p.decode("utf-8") for p in reversed(valid) if p)
+
+
+def annex_key(md5: str, size: int, name: str) -> str:
+    return f"MD5E-s{size}--{md5}{key_extension(name)}"
+
+
+def branch_dir(key: str) -> str:
+    """The key's directory on the git-annex branch (``hashdirlower``)."""
+    digest = hashlib.md5(key.encode("utf-8")).hexdigest()
+    return f"{digest[:3]}/{digest[3:6]}/"
+
+
+def metadata_value(value: str) -> str:
+    """A value as git-annex's metadata log spells it (Types/MetaData.hs):
+    base64 with a ``!`` prefix if it has a space or line break or starts with ``!``."""
+    if any(c in value for c in " \r\n") or value.startswith("!"):
+        return "!" + base64.b64encode(value.encode("utf-8")).decode("ascii")
+    return value
+
+
+# -- reading the inputs -----------------------------------------------------
+
+
+def archive_timestamp(tar_path: Path) -> int:
+    """The largest member mtime in the TAR's headers (contents are skipped)."""
+    try:
+        with tarfile.open(tar_path, mode="r:") as tar:
+            return max((int(member.mtime) for member in tar), default=0)
+    except (OSError, tarfile.TarError) as exc:
+        raise IcfError(f"{tar_path}: cannot read the archive ({exc})") from None
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise IcfError(f"{path}: missing (run deposit_visit_metadata first)") from None
+    except (OSError, ValueError) as exc:
+        raise IcfError(f"{path}: unreadable JSON ({exc})") from None
+
+
+def dataset_files(visit: Visit, store_url: str) -> list[AnnexedFile]:
+    """The TAR and every DICOM as annexed files, from the two JSON files;
+    IcfError naming the file for anything that cannot be deposited."""
+    tarball = _load_json(visit.metadata_tarball)
+    try:
+        tar_key = annex_key(tarball["md5"], int(tarball["size"]), visit.tarball.name)
+    except (KeyError, TypeError, ValueError):
+        raise IcfError(f"{visit.metadata_tarball}: not a tarball description") from None
+    if not tar_key.endswith(".tar"):
+        raise IcfError(f"{visit.metadata_tarball}: archive key {tar_key} lacks .tar")
+    files = [AnnexedFile(visit.dataset_tar_path, tar_key, visit.tar_url(store_url), "uncurl")]
+    dicoms = _load_json(visit.metadata_dicoms)
+    if not isinstance(dicoms, list):
+        raise IcfError(f"{visit.metadata_dicoms}: not a JSON array")
+    problems = []
+    seen = {visit.dataset_tar_path}
+    for record in dicoms:
+        try:
+            path, md5, size = record["path"], record["md5"], int(record["size"])
+        except (KeyError, TypeError, ValueError):
+            raise IcfError(f"{visit.metadata_dicoms}: entry without path, md5 and size: "
+                           f"{str(record)[:80]}") from None
+        bad = [what for char, what in FORBIDDEN_IN_PATH.items() if char in path]
+        parts = path.split("/")
+        if bad:
+            problems.append(f"{path!r} contains {' and '.join(bad)}")
+        elif parts[0] != visit.archive_top or len(parts) < 2 or any(p in ("", ".", "..") for p in parts):
+            problems.append(f"{path!r} is not a relative path under {visit.archive_top}/")
+        elif path in seen:
+            problems.append(f"{path!r} is listed twice")
+        seen.add(path)
+        tags = tuple((tag, str(record.get(tag, ""))) for tag in EXPORTED_TAGS)
+        files.append(AnnexedFile(
+            path, annex_key(md5, size, path),
+            f"dl+archive:{tar_key}#path={path}&size={size}", "archivist",
+            tuple((tag, value) for tag, value in tags if value != ""),
+        ))
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise IcfError(f"{visit.metadata_dicoms}: cannot deposit {'; '.join(problems[:5])}{more}"
+                       " (archivist cannot address such a member path)")
+    return files
+
+
+# -- the git-annex branch's log lines ---------------------------------------
+
+
+SPECIAL_REMOTES = ("uncurl", "archivist")
+
+
+def branch_logs(files: list[AnnexedFile], uuids: dict[str, str], description: str,
+                timestamp: int) -> dict[str, bytes]:
+    """The git-annex branch files as ``git annex init <description>``,
+    ``initremote`` of the two special remotes, ``registerurl --remote`` and
+    ``metadata`` write them at ``timestamp``: ``uuid.log`` and ``remote.log``
+    (lines sorted by UUID), and per key its location log (present in its
+    remote), URL log and metadata log."""
+    stamp = f"{timestamp}s"
+    names = {uuids["annex"]: description, **{uuids[r]: r for r in SPECIAL_REMOTES}}
+    logs: dict[str, bytes] = {
+        "uuid.log": "".join(f"{u} {names[u]} timestamp={stamp}\n" for u in sorted(names)).encode(),
+        "remote.log": "".join(
+            f"{uuids[r]} autoenable=true encryption=none externaltype={r} name={r} "
+            f"type=external timestamp={stamp}\n"
+            for r in sorted(SPECIAL_REMOTES, key=uuids.get)).encode(),
+    }
+    for item in files:
+        base = branch_dir(item.key) + item.key
+        logs[base + ".log"] = f"{stamp} 1 {uuids[item.remote]}\n".encode()
+        logs[base + ".log.web"] = f"{stamp} 1 :{item.url}\n".encode()
+        if item.metadata:
+            fields = sorted(item.metadata, key=lambda fv: fv[0].casefold())
+            line = " ".join(f"{field} +{metadata_value(value)}" for field, value in fields)
+            logs[base + ".log.met"] = f"{stamp} {line}\n".encode()
+    return logs
+
+
+# -- building ----------------------------------------------------------------
+
+
+def isolated_git_env(**settings: str) -> dict[str, str]:
+    """The environment git runs in here: the caller's, minus anything that
+    points git elsewhere, with neither global nor system configuration, and
+    this Python's directory first on PATH: the pinned git-annex and
+    datalad-next's helpers are installed there (in the venv or container),
+    so ``.venv/bin/python bin/<script>`` works without activating the venv."""
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
+    env = dict(os.environ, PATH=path, GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1",
+               GIT_TERMINAL_PROMPT="0", **settings)
+    for variable in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_CONFIG"):
+        env.pop(variable, None)
+    return env
+
+
+def run_git(repo: Path, env: dict[str, str], *args: str, input: bytes | None = None) -> bytes:
+    """``git <args>`` in ``repo``; its output, or IcfError with git's last error line."""
+    result = subprocess.run(["git", *args], cwd=repo, env=env, input=input,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if result.returncode != 0:
+        message = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise IcfError(f"{repo}: git {args[0]} {args[1] if len(args) > 1 else ''} failed: "
+                       f"{message[-1] if message else result.returncode}")
+    return result.stdout
+
+
+class Builder:
+    """The build repository in ``workdir`` and the environment its git runs in."""
+
+    def __init__(self, workdir: Path, timestamp: int):
+        self.repo = workdir / "repo"
+        self.timestamp = timestamp
+        date = f"@{timestamp} +0000"
+        name, email = IDENTITY
+        self.env = isolated_git_env(
+            GIT_AUTHOR_NAME=name, GIT_AUTHOR_EMAIL=email, GIT_AUTHOR_DATE=date,
+            GIT_COMMITTER_NAME=name, GIT_COMMITTER_EMAIL=email, GIT_COMMITTER_DATE=date,
+            GIT_ANNEX_VECTOR_CLOCK=str(timestamp),
+        )
+
+    def git(self, *args: str, input: bytes | None = None) -> bytes:
+        return run_git(self.repo, self.env, *args, input=input)
+
+    def init(self, description: str, uuids: dict[str, str]) -> None:
+        self.repo.mkdir()
+        self.git("init", "-q", "--initial-branch=main", "--template=")
+        for name, value in {**KEY_SETTINGS, "annex.uuid": uuids["annex"]}.items():
+            self.git("config", name, value)
+        self.git("annex", "init", "-q", description)
+        journal = self.repo / ".git" / "annex" / "journal"
+        if journal.is_dir() and any(journal.iterdir()):
+            raise IcfError(f"{journal}: git-annex left uncommitted changes")
+
+    def object_dirs(self, keys: list[str]) -> list[str]:
+        """``hashdirmixed`` of each key (one ``examinekey --batch`` process)."""
+        out = self.git("annex", "examinekey", "--batch", "--format=${hashdirmixed}\n",
+                       input="".join(k + "\n" for k in keys).encode())
+        dirs = out.decode().splitlines()
+        if len(dirs) != len(keys):
+            raise IcfError(f"{self.repo}: git annex examinekey answered {len(dirs)} of {len(keys)} keys")
+        return dirs
+
+    def fast_import(self, worktree: dict[str, tuple[str, bytes]], annex: dict[str, bytes],
+                    message: str) -> None:
+        """One commit of ``worktree`` (path -> (mode, content)) on ``main``,
+        one of ``annex`` (path -> content) on top of the git-annex branch."""
+        name, email = IDENTITY
+        who = f"{name} <{email}> {self.timestamp} +0000"
+        chunks: list[bytes] = []
+
+        def data(payload: bytes) -> None:
+            chunks.append(b"data %d\n" % len(payload))
+            chunks.append(payload)
+            chunks.append(b"\n")
+
+        def modify(mode: str, path: str, payload: bytes) -> None:
+            chunks.append(f"M {mode} inline {_quoted(path)}\n".encode("utf-8"))
+            data(payload)
+
+        chunks.append(f"commit refs/heads/main\nauthor {who}\ncommitter {who}\n".encode())
+        data(message.encode())
+        for path, (mode, payload) in worktree.items():
+            modify(mode, path, payload)
+        chunks.append(f"commit refs/heads/git-annex\ncommitter {who}\n".encode())
+        data(b"update")
+        chunks.append(b"from refs/heads/git-annex^0\n")
+        for path, payload in annex.items():
+            modify("100644", path, payload)
+        chunks.append(b"done\n")
+        self.git("fast-import", "--quiet", "--done", input=b"".join(chunks))
+
+    def push(self, url: str) -> None:
+        self.git("remote", "add", "deposit", url)
+        self.git("push", "-q", "deposit", "main", "git-annex")
+
+
+def _quoted(path: str) -> str:
+    """A path in git's C-style quotes (fast-import accepts it for any name)."""
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _annex_symlink(path: str, object_dir: str, key: str) -> bytes:
+    depth = path.count("/")
+    return f"{'../' * depth}.git/annex/objects/{object_dir}{key}/{key}".encode("utf-8")
+
+
+def dataset_uuids(visit: Visit) -> dict[str, str]:
+    return {
+        "dataset": derived_uuid(visit.study, visit.visit),
+        **{purpose: derived_uuid(visit.study, visit.visit, purpose)
+           for purpose in ("annex", "uncurl", "archivist")},
+    }
+
+
+def check_store_url(store_url: str) -> None:
+    """The store URL goes into ``datalad-annex::?...&url=...`` and into
+    ``dl+archive``-free uncurl URLs: it must not carry query syntax."""
+    if any(c in store_url for c in "&#? \n") or "://" not in store_url:
+        raise IcfError(f"--store-url {store_url!r}: need a URL like https://host/path "
+                       "without '&', '#', '?' or spaces")
+
+
+class BuildDir:
+    """``.<visit>_XDLRA.build`` in the study directory: locked while a run
+    uses it, emptied first (a killed run's leftovers), removed at the end."""
+
+    def __init__(self, visit: Visit):
+        self.path = visit.study_dir / f".{visit.visit}_XDLRA.build"
+
+    def __enter__(self) -> Path:
+        self.path.mkdir(exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise IcfError(f"{self.path}: another run is building this deposit right now") from None
+        for entry in self.path.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        return self.path
+
+    def __exit__(self, *exc_info) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self.fd)
+
+
+def deposit_dataset(visit: Visit, store_url: str, force: bool = False) -> DatasetSummary:
+    """Build the visit's dataset and leave exactly its two deposit files."""
+    check_store_url(store_url)
+    deposit = [visit.deposit_repo_export, visit.deposit_refs]  # refs last: it marks completion
+    existing = [p for p in deposit if p.exists()]
+    if existing and not force:
+        raise IcfError(f"{existing[0]}: exists already (use --force to replace the deposit)")
+    files = dataset_files(visit, store_url)
+    if not visit.tarball.is_file():
+        raise IcfError(f"{visit.tarball}: missing (the dataset's content comes from it)")
+    timestamp = archive_timestamp(visit.tarball)
+    uuids = dataset_uuids(visit)
+    with BuildDir(visit) as workdir:
+        builder = Builder(workdir, timestamp)
+        description = f"ICF deposit {visit.study}/{visit.visit}"
+        builder.init(description, uuids)
+        object_dirs = builder.object_dirs([f.key for f in files])
+        worktree = {
+            ".gitattributes": ("100644", DATALAD_GITATTRIBUTES),
+            ".datalad/.gitattributes": ("100644", DATALAD_DIR_GITATTRIBUTES),
+            ".datalad/config": ("100644",
+                                f'[datalad "dataset"]\n\tid = {uuids["dataset"]}\n'.encode()),
+        }
+        for item, object_dir in zip(files, object_dirs):
+            worktree[item.path] = ("120000", _annex_symlink(item.path, object_dir, item.key))
+        builder.fast_import(worktree, branch_logs(files, uuids, description, timestamp),
+                            f"[ICF] visit {visit.study}/{visit.visit}: archive and "
+                            f"{len(files) - 1} DICOMs")
+        outbox = workdir / "deposit"
+        outbox.mkdir()
+        builder.push(Visit(workdir, "deposit", visit.visit).clone_url(workdir.resolve().as_uri()))
+        built = {final: (outbox / final.name).read_bytes() for final in deposit}
+        write_files(built, overwrite=force)
+    return DatasetSummary(len(files) - 1, timestamp)
+
+
+# -- reading a deposit back (fixity) ----------------------------------------
+
+
+def deposit_keys(visit: Visit) -> dict[str, str]:
+    """Path -> annex key of every annexed file on the deposit's ``main``
+    branch, read from the two deposit files without cloning:
+    ``XDLRA--repo-export`` is a ZIP of a bare git repository and
+    ``XDLRA--refs`` names the commit. Two git processes, whatever the size."""
+    try:
+        refs = dict(line.split(" ", 1)[::-1] for line in
+                    visit.deposit_refs.read_text(encoding="utf-8").splitlines() if " " in line)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IcfError(f"{visit.deposit_refs}: unreadable ({exc})") from None
+    commit = refs.get("refs/heads/main")
+    if commit is None:
+        raise IcfError(f"{visit.deposit_refs}: no refs/heads/main")
+    env = isolated_git_env()
+    with tempfile.TemporaryDirectory(prefix="icf-verify-") as bare:
+        try:
+            with zipfile.ZipFile(visit.deposit_repo_export) as archive:
+                archive.extractall(bare)
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise IcfError(f"{visit.deposit_repo_export}: not a readable deposit ({exc})") from None
+        listing = run_git(Path(bare), env, "ls-tree", "-r", "-z", commit).split(b"\0")
+        links = [(entry.split(b"\t", 1)[1].decode("utf-8"), entry.split()[2].decode())
+                 for entry in listing if entry.startswith(b"120000 ")]
+        blobs = run_git(Path(bare), env, "cat-file", "--batch",
+                        input="".join(sha + "\n" for _, sha in links).encode())
+    keys = {}
+    for path, _ in links:
+        header, _, blobs = blobs.partition(b"\n")
+        size = int(header.split()[2])
+        target, blobs = blobs[:size].decode("utf-8"), blobs[size + 1:]
+        keys[path] = target.rsplit("/", 1)[-1]
+    return keys
+
+
+def deposit_problems(visit: Visit) -> Iterator[str]:
+    """Mismatches between the deposit's annex keys and the metadata JSON:
+    a DICOM or the archive with another key, missing, or not listed."""
+    try:
+        keys = deposit_keys(visit)
+        expected = {item.path: item.key for item in dataset_files(visit, "file:///")}
+    except IcfError as exc:
+        yield str(exc)
+        return
+    name = visit.deposit_refs.name
+    for path, key in expected.items():
+        found = keys.pop(path, None)
+        if found is None:
+            yield f"{path}: missing from the dataset deposit {name}"
+        elif found != key:
+            yield f"{path}: key {found} in the dataset deposit, but {key} from the metadata"
+    for path in keys:
+        yield f"{path}: in the dataset deposit {name}, but not in the metadata"
