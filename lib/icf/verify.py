@@ -5,7 +5,7 @@ and ``<visit>_metadata_tarball.json``, and every member against
 ``<visit>_metadata_dicoms.json`` (md5 and size; a DICOM member missing from
 the list, or a listed one missing from the archive, is a mismatch too). If
 the dataset deposit exists, every DICOM's annex key in it must match the
-list (see :func:`icf.dataset.deposit_keys`).
+list (see :func:`icf.dataset.deposit_problems`).
 
 Each problem is reported as ``<study>/<visit>: <file>: <what>``.
 """
