@@ -1,0 +1,281 @@
+"""Issue 6, requirements 3 and 4: the container recipe, the icf-utils
+dispatcher (its runscript) and the SLURM array job script.
+
+No Singularity runtime exists on our machines: the recipe is checked by
+parsing it (spython), the dispatcher and the Makefile run for real, in a
+checkout and in a copy laid out as in the image, and the SLURM script runs
+with a mock ``singularity`` that runs the dispatcher on the host."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, SAMPLE_VISIT
+from spython.main.parse.parsers import SingularityParser
+
+RECIPE = REPO / "singularity" / "icf.def"
+SLURM_SCRIPT = REPO / "singularity" / "slurm-visit-array.sh"
+DISPATCHER = REPO / "bin" / "icf-utils"
+IMAGE_REPO = "/opt/icf-utils"
+# what the image holds of the repo, as the recipe's %files should copy it
+IMAGE_FILES = {"bin": f"{IMAGE_REPO}/bin", "lib": f"{IMAGE_REPO}/lib",
+               "Makefile": f"{IMAGE_REPO}/Makefile",
+               "requirements.txt": f"{IMAGE_REPO}/requirements.txt"}
+TOOL_PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").is_dir() else sys.executable
+
+
+def run(*args, cwd=None, env=None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(arg) for arg in args], cwd=cwd, capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})), timeout=timeout)
+
+
+# --- the recipe ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def recipe():
+    """The recipe as spython reads it (it raises on a non-docker bootstrap)."""
+    return SingularityParser(str(RECIPE)).recipe["spython-base"]
+
+
+def post_lines(recipe) -> list[str]:
+    """%post's lines: spython appends %test to them as `echo ... >> /tests.sh`."""
+    return [line for line in recipe.install
+            if not line.endswith(">> /tests.sh") and line != "chmod u+x /tests.sh"]
+
+
+def test_recipe_starts_from_python_311_on_debian(recipe):
+    assert RECIPE.read_text().splitlines()[0] == "Bootstrap: docker"
+    assert recipe.fromHeader == "python:3.11-slim-bookworm"
+
+
+def test_recipe_copies_the_repo_from_its_root(recipe):
+    files = dict(line.split() for line in recipe.files)
+    assert files == IMAGE_FILES
+    # sources are relative to where `apptainer build` runs: the repo's root
+    assert all((REPO / source).exists() for source in files)
+
+
+def test_recipe_installs_exactly_the_pinned_requirements(recipe):
+    commands = [shlex.split(line) for line in post_lines(recipe)]
+    pip = [words for words in commands if "pip" in words[:3]]
+    assert len(pip) == 1, pip
+    words = pip[0]
+    assert words[:2] == ["pip", "install"]
+    assert words[words.index("-r") + 1] == IMAGE_FILES["requirements.txt"]
+    # nothing but options and the one requirements file: no unpinned extras
+    assert [w for w in words[2:] if not w.startswith("-")] == [IMAGE_FILES["requirements.txt"]]
+    apt = [words for words in commands if words[:2] == ["apt-get", "install"]]
+    assert len(apt) == 1 and sorted(w for w in apt[0][2:] if not w.startswith("-")) == ["git", "make"]
+    # git-annex comes from the pinned file, not from Debian
+    assert any(line.startswith("git-annex==")
+               for line in (REPO / "requirements.txt").read_text().splitlines())
+
+
+def test_recipe_runscript_dispatches_icf_utils(recipe):
+    assert recipe.cmd == f'exec {IMAGE_FILES["bin"]}/icf-utils "$@"'
+    assert f'PATH="{IMAGE_FILES["bin"]}:$PATH"' in recipe.environ
+    assert recipe.test is not None
+    assert any("icf-utils make help" in line for line in recipe.install)
+    assert any(label.startswith("org.opencontainers.image.title ") for label in recipe.labels)
+    help_text = "\n".join(recipe.comments)  # spython keeps %help as comments
+    assert "apptainer build icf.sif singularity/icf.def" in help_text
+    assert "--bind" in help_text
+
+
+# --- the dispatcher, in this checkout -----------------------------------------
+
+def test_dispatcher_lists_its_commands():
+    result = run(DISPATCHER, "--help")
+    assert result.returncode == 0, result.stderr
+    for command in ("make_studyvisit_archive", "deposit_visit_metadata", "deposit_visit_dataset",
+                    "catalogify_studyvisit_from_meta", "make"):
+        assert f"\n  {command} " in result.stdout
+    no_command = run(DISPATCHER)
+    assert no_command.returncode == 2 and no_command.stderr.startswith("usage: icf-utils")
+
+
+def test_dispatcher_runs_a_tool():
+    result = run(DISPATCHER, "make_studyvisit_archive", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: make_studyvisit_archive")
+
+
+def test_dispatcher_refuses_an_unknown_command():
+    result = run(DISPATCHER, "rm", "-rf", "/")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert "unknown command 'rm'" in lines[0] and "make_studyvisit_archive" in lines[0]
+
+
+def test_dispatcher_runs_make_help():
+    result = run(DISPATCHER, "make", "help")
+    assert result.returncode == 0, result.stderr
+    assert "  archive " in result.stdout and "  catalog " in result.stdout
+
+
+def metadata_run(dispatcher: list, store: Path, cwd: Path) -> subprocess.CompletedProcess:
+    cwd.mkdir(exist_ok=True)
+    return run(*dispatcher, "make", f"STORE={store}", "STUDY=s", "VISIT=v",
+               f"INPUT={SAMPLE_VISIT}", "metadata", cwd=cwd)
+
+
+def assert_metadata_made(store: Path, cwd: Path) -> None:
+    for name in ("v_dicom.tar", "v_dicom.tar.md5sum",
+                 "v_metadata_tarball.json", "v_metadata_dicoms.json"):
+        assert (store / "s" / name).is_file(), name
+    assert list(cwd.iterdir()) == []  # all of it went to STORE
+
+
+def test_dispatcher_runs_make_from_another_directory(tmp_path):
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    result = metadata_run([DISPATCHER], store, elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert_metadata_made(store, elsewhere)
+    # the checkout's way: make's default Python (the repo's venv when there is one)
+    assert f"{TOOL_PYTHON} {REPO}/bin/make_studyvisit_archive" in result.stdout
+
+
+# --- the dispatcher, laid out as in the image ------------------------------------
+
+@pytest.fixture
+def image_copy(tmp_path) -> Path:
+    """The repo's files as %files copies them, with no .venv beside them."""
+    root = tmp_path / "opt" / "icf-utils"
+    for source, target in IMAGE_FILES.items():
+        target_path = root / Path(target).relative_to(IMAGE_REPO)
+        if (REPO / source).is_dir():
+            shutil.copytree(REPO / source, target_path,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / source, target_path)
+    return root
+
+
+def test_dispatcher_without_venv_runs_make_with_its_own_python(image_copy, tmp_path):
+    """As in the container: PYTHON is the dispatcher's Python, VENV_READY= so
+    that make neither wants nor builds a venv."""
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    result = metadata_run([sys.executable, image_copy / "bin" / "icf-utils"], store, elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert_metadata_made(store, elsewhere)
+    assert f"{sys.executable} {image_copy}/bin/make_studyvisit_archive" in result.stdout
+    assert not (image_copy / ".venv").exists()
+    tool = run(sys.executable, image_copy / "bin" / "icf-utils", "deposit_visit_metadata", "--help")
+    assert tool.returncode == 0 and tool.stdout.startswith("usage: deposit_visit_metadata")
+
+
+PID_TOOL = """#!/usr/bin/env python3
+\"\"\"Print this process's id, interpreter and arguments.\"\"\"
+import os, sys
+print(os.getpid(), sys.executable, sys.argv[1:])
+"""
+PID_MAKEFILE = """PYTHON ?= default-python
+VENV_READY ?= default-ready
+pid:
+\t@echo $$PPID $(PYTHON) [$(VENV_READY)]
+"""
+
+
+def dispatch(dispatcher: Path, *args) -> tuple[int, str]:
+    """Run the dispatcher; its pid and what the command printed."""
+    process = subprocess.Popen([sys.executable, str(dispatcher), *args],
+                               stdout=subprocess.PIPE, text=True)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    return process.pid, out.strip()
+
+
+def test_dispatcher_execs_in_place_and_passes_arguments(image_copy):
+    """No wrapper process lingers: the tool and make run in the dispatcher's
+    own process (a stand-in tool and Makefile print their process ids)."""
+    (image_copy / "bin" / "make_studyvisit_archive").write_text(PID_TOOL)
+    (image_copy / "Makefile").write_text(PID_MAKEFILE)
+    dispatcher = image_copy / "bin" / "icf-utils"
+
+    pid, out = dispatch(dispatcher, "make_studyvisit_archive", "a b", "--c")
+    assert out == f"{pid} {sys.executable} ['a b', '--c']"
+    pid, out = dispatch(dispatcher, "make", "pid")  # make's pid is the recipe shell's parent
+    assert out == f"{pid} {sys.executable} []"
+    _, out = dispatch(dispatcher, "make", "pid", "PYTHON=mine")  # the user's word wins
+    assert out.split()[1] == "mine"
+
+    (image_copy / ".venv" / "bin").mkdir(parents=True)  # a checkout with a venv
+    _, out = dispatch(dispatcher, "make", "pid")
+    assert out.split()[1:] == ["default-python", "[default-ready]"]
+
+
+# --- the SLURM array job script -----------------------------------------------
+
+SINGULARITY_MOCK = """#!/bin/bash
+# MOCK of `singularity run --bind SPEC IMAGE ARGS...`: no Singularity runtime
+# exists on our machines. It records its arguments, checks that every bind
+# is an existing host path mounted at the same path, and runs what the
+# image's runscript runs (bin/icf-utils ARGS) on the host.
+set -eu
+printf '%s\\n' "$@" > "$MOCK_LOG.$SLURM_ARRAY_TASK_ID"
+[ "$1" = run ] && [ "$2" = --bind ] || { echo "mock: unexpected $*" >&2; exit 97; }
+IFS=, read -ra binds <<<"$3"
+for bind in "${binds[@]}"; do
+  [ -d "${bind%%:*}" ] && [ "${bind%%:*}" = "${bind#*:}" ] || { echo "mock: bad bind $bind" >&2; exit 98; }
+done
+shift 4
+exec @PYTHON@ @DISPATCHER@ "$@"
+"""
+
+
+def test_slurm_script_is_valid_bash():
+    result = run("bash", "-n", SLURM_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    assert os.access(SLURM_SCRIPT, os.X_OK)
+
+
+@pytest.fixture
+def slurm_env(tmp_path) -> dict[str, str]:
+    """A submit directory with a visit list, a store, and the mock on PATH."""
+    mock_dir, submit, store = tmp_path / "mock", tmp_path / "submit", tmp_path / "store"
+    for path in (mock_dir, submit, store):
+        path.mkdir()
+    mock = mock_dir / "singularity"
+    mock.write_text(SINGULARITY_MOCK.replace("@PYTHON@", shlex.quote(sys.executable))
+                    .replace("@DISPATCHER@", shlex.quote(str(DISPATCHER))))
+    mock.chmod(0o755)
+    (submit / "input").symlink_to(SAMPLE_VISIT)  # a relative INPUT-DIR
+    (submit / "visits.txt").write_text(
+        f"# STUDY VISIT INPUT-DIR\n\ns v1 {SAMPLE_VISIT}\n  s v2 input\n")
+    return {"PATH": f"{mock_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(submit),
+            "ICF_STORE": str(store), "ICF_IMAGE": str(tmp_path / "icf.sif"),
+            "ICF_TARGET": "metadata", "MOCK_LOG": str(tmp_path / "argv")}
+
+
+def test_slurm_array_runs_one_visit_per_task(slurm_env, tmp_path):
+    submit, store = Path(slurm_env["SLURM_SUBMIT_DIR"]), Path(slurm_env["ICF_STORE"])
+    tasks = [subprocess.Popen(["bash", str(SLURM_SCRIPT), "visits.txt"], cwd=submit,
+                              env=dict(os.environ, **slurm_env, SLURM_ARRAY_TASK_ID=str(task)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for task in (1, 2)]
+    for task in tasks:
+        _, err = task.communicate(timeout=120)
+        assert task.returncode == 0, err
+    for visit in ("v1", "v2"):
+        for name in ("dicom.tar", "metadata_tarball.json", "metadata_dicoms.json"):
+            assert (store / "s" / f"{visit}_{name}").is_file(), (visit, name)
+    argv = (tmp_path / "argv.2").read_text().splitlines()
+    assert argv == ["run", "--bind", f"{store}:{store},{SAMPLE_VISIT}:{SAMPLE_VISIT}",
+                    slurm_env["ICF_IMAGE"], "make", f"STORE={store}", "STUDY=s", "VISIT=v2",
+                    f"INPUT={SAMPLE_VISIT}", "metadata"]
+
+
+def test_slurm_array_refuses_a_task_beyond_the_list(slurm_env):
+    result = run("bash", SLURM_SCRIPT, "visits.txt", cwd=slurm_env["SLURM_SUBMIT_DIR"],
+                 env=dict(slurm_env, SLURM_ARRAY_TASK_ID="3"))
+    assert result.returncode == 2
+    assert "has no visit number 3" in result.stderr
+    assert not list(Path(slurm_env["ICF_STORE"]).iterdir())
