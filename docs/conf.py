@@ -31,7 +31,9 @@ class ScriptHelp(Directive):
                                 capture_output=True, text=True, env={"COLUMNS": "88", "PATH": ""})
         if result.returncode != 0:
             raise self.error(f"bin/{name} --help failed: {result.stderr}")
-        return [nodes.literal_block(result.stdout, result.stdout)]
+        block = nodes.literal_block(result.stdout, result.stdout)
+        block["language"] = "text"
+        return [block]
 
 
 def setup(app):
