@@ -74,7 +74,7 @@ verify-%: | $(VENV_READY)
 ## Other targets:
 ##   demo       the whole pipeline on the bundled sample visit, into ./demo-store
 ##   test       the test suite (pytest)
-##   bench      speed figures on a replicated 5,460-file visit, beside GNU tar
+##   bench      speed figures of every step on a replicated 5,460-file visit, with baselines
 ##   docs       the documentation (Sphinx, warnings as errors) in docs/_build/html
 ##   venv       create or refresh the virtual environment from requirements.txt
 ##   help       this list

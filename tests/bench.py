@@ -4,22 +4,23 @@ the same run on the same input, so the ratios hold on a noisy machine.
 Builds (once, cached in ``bench-work/``) a visit of real-header DICOMs by
 replicating the real sample: the shared 630-file data set when it is there
 (``../shared/data/example-dicom-functional-1block``), else the 12 bundled
-files, with a new SOPInstanceUID per copy and several series. Prints
+files, with a new SOPInstanceUID per copy and several series, and times on
+it: step 1 beside GNU tar, step 2 beside tarfile+hashlib, step 3 (plus its
+scaling on synthetic 1k/5k/20k-file visits, ``bench_dataset.py``), and step 4
+with 1 and with 100 visits in the catalog (``bench_catalog.py``). Prints
 figures; it is not a test and asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
-import tarfile
-import hashlib
-import time
 from pathlib import Path
 
+from bench_catalog import bench_catalog
+from bench_dataset import bench_scaling
 from measure import measure
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,10 +114,23 @@ def bench_metadata(store: Path, files: int, runs: int) -> None:
     report("step 2 deposit_visit_metadata", files, tar.stat().st_size, ours, "floor", base)
 
 
+def bench_dataset(store: Path, dicoms: int) -> None:
+    """Step 3 on the replicated real visit (its metadata from step 2)."""
+    seconds, rss = timed([*tool("deposit_visit_dataset"), "-q", "--force", "-o", store,
+                          "--id", "bench", "v1"])
+    print(f"step 3 deposit_visit_dataset: {dicoms} DICOMs + the archive")
+    print(f"  ours      {seconds:7.2f} s  {dicoms / seconds:8.0f} files/s  peak RSS {rss:5.0f} MB"
+          "  (goal: >= 300 files/s, < 200 MB)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=5460, help="DICOMs in the visit (default: 5460)")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure, best kept (default: 3)")
+    parser.add_argument("--dataset-files", type=int, nargs="+", default=[1000, 5000, 20000],
+                        help="synthetic visit sizes for step 3's scaling (default: 1000 5000 20000)")
+    parser.add_argument("--catalog-visits", type=int, default=100,
+                        help="visits in the catalog before the timed one (default: 100)")
     parser.add_argument("--replicate-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
@@ -127,8 +141,11 @@ def main() -> None:
     subprocess.run([sys.executable, __file__, "--replicate-only", "--files", str(args.files)], check=True)
     visit_dir = replicated_visit(args.files)
     store = bench_archive(visit_dir, args.files + 1, args.runs)
-    if (REPO / "bin" / "deposit_visit_metadata").exists():
-        bench_metadata(store, args.files + 1, args.runs)
+    bench_metadata(store, args.files + 1, args.runs)
+    bench_dataset(store, args.files)
+    print("step 3 deposit_visit_dataset, synthetic visits (linear in the file count?):")
+    bench_scaling(args.dataset_files)
+    bench_catalog(args.catalog_visits, args.files)
 
 
 if __name__ == "__main__":

@@ -189,6 +189,31 @@ def test_killed_run_leaves_previous_deposit(tmp_path):
     assert not [n for n in study_listing(visit) if n.startswith(".")]
 
 
+def test_crash_between_the_two_renames_still_clones_and_is_reported(deposited, tmp_path):
+    """kill -9 between the two renames leaves the new repo-export beside
+    the previous refs: built here with real runs (the new deposit differs by
+    its store URL), then the crash state is made by putting the old refs back."""
+    built, _ = deposited
+    visit = Visit(tmp_path / "store", built.study, built.visit)
+    shutil.copytree(built.study_dir, visit.study_dir)
+    previous_refs = visit.deposit_refs.read_bytes()
+    env = clean_env(tmp_path / "home")
+    assert deposit(visit, "--force", "--store-url", "http://127.0.0.1:9/store", env=env).returncode == 0
+    new_refs = visit.deposit_refs.read_text()
+    assert new_refs.encode() != previous_refs
+    visit.deposit_refs.write_bytes(previous_refs)
+    ds = tmp_path / "clone"
+    clone(visit.clone_url(visit.store.resolve().as_uri()), ds, user_env(tmp_path / "user"))
+    cloned = run(["git", "rev-parse", "origin/git-annex"], cwd=ds).stdout.strip()
+    assert f"{cloned} refs/heads/git-annex" in new_refs  # the new dataset, whole
+    result = run_tool("verify_visit", "-o", visit.store, "--id", STUDY, VISIT, env=env)
+    assert result.returncode == 1
+    assert f"{visit.deposit_refs}: names other commits than" in result.stderr, result.stderr
+    assert deposit(visit, "--force", env=env).returncode == 0
+    result = run_tool("verify_visit", "-o", visit.store, "--id", STUDY, VISIT, env=env)
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize("name", [
     "MR.1.3.46.670589.11.38317.5.0.4476.2014042516042547586", "a.b.nii.gz", "x.tar.gz2",
     "é.DCM", ".hidden.dcm", "no_ext", "with space.dcm", "two..dots.IMA", "ünï.çødé", "a.b-c.gz",

@@ -74,7 +74,12 @@ Crash safety: everything is built in ``.<visit>_XDLRA.build/`` in the study
 directory (locked while in use, emptied by the next run if a run was killed);
 the deposit files are written as ``.partial`` files and renamed into place at
 the very end, ``repo-export`` first and ``refs`` last. An existing deposit is
-refused unless ``force``.
+refused unless ``force``. Two renames cannot be one atomic step: a crash
+between them leaves the new ``repo-export`` beside the previous ``refs``.
+That pair still clones, as the new dataset (datalad-next takes the branches
+from the repository inside ``repo-export``; tested), :func:`deposit_problems`
+(``verify_visit``) reports the stale ``refs``, and the next run (make sees
+``refs`` older than the metadata) replaces it.
 """
 
 from __future__ import annotations
@@ -467,14 +472,14 @@ def deposit_keys(visit: Visit) -> dict[str, str]:
     """Path -> annex key of every annexed file on the deposit's ``main``
     branch, read from the two deposit files without cloning:
     ``XDLRA--repo-export`` is a ZIP of a bare git repository and
-    ``XDLRA--refs`` names the commit. Two git processes, whatever the size."""
+    ``XDLRA--refs`` must name exactly the branches it holds. Three git
+    processes, whatever the size."""
     try:
         refs = dict(line.split(" ", 1)[::-1] for line in
                     visit.deposit_refs.read_text(encoding="utf-8").splitlines() if " " in line)
     except (OSError, UnicodeDecodeError) as exc:
         raise IcfError(f"{visit.deposit_refs}: unreadable ({exc})") from None
-    commit = refs.get("refs/heads/main")
-    if commit is None:
+    if "refs/heads/main" not in refs:
         raise IcfError(f"{visit.deposit_refs}: no refs/heads/main")
     env = isolated_git_env()
     with tempfile.TemporaryDirectory(prefix="icf-verify-") as bare:
@@ -483,7 +488,13 @@ def deposit_keys(visit: Visit) -> dict[str, str]:
                 archive.extractall(bare)
         except (OSError, zipfile.BadZipFile) as exc:
             raise IcfError(f"{visit.deposit_repo_export}: not a readable deposit ({exc})") from None
-        listing = run_git(Path(bare), env, "ls-tree", "-r", "-z", commit).split(b"\0")
+        exported = dict(line.split(" ", 1)[::-1] for line in run_git(
+            Path(bare), env, "for-each-ref", "--format=%(objectname) %(refname)").decode().splitlines())
+        if exported != {ref: sha for ref, sha in refs.items() if ref.startswith("refs/")}:
+            raise IcfError(f"{visit.deposit_refs}: names other commits than "
+                           f"{visit.deposit_repo_export.name} holds (an interrupted deposit? "
+                           "rerun deposit_visit_dataset --force)")
+        listing = run_git(Path(bare), env, "ls-tree", "-r", "-z", "refs/heads/main").split(b"\0")
         links = [(entry.split(b"\t", 1)[1].decode("utf-8"), entry.split()[2].decode())
                  for entry in listing if entry.startswith(b"120000 ")]
         blobs = run_git(Path(bare), env, "cat-file", "--batch",
