@@ -87,6 +87,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -97,7 +98,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from icf import IcfError
 from icf.dicom import EXPORTED_TAGS
@@ -255,30 +256,27 @@ SPECIAL_REMOTES = ("uncurl", "archivist")
 
 
 def branch_logs(files: list[AnnexedFile], uuids: dict[str, str], description: str,
-                timestamp: int) -> dict[str, bytes]:
-    """The git-annex branch files as ``git annex init <description>``,
-    ``initremote`` of the two special remotes, ``registerurl --remote`` and
-    ``metadata`` write them at ``timestamp``: ``uuid.log`` and ``remote.log``
-    (lines sorted by UUID), and per key its location log (present in its
-    remote), URL log and metadata log."""
+                timestamp: int) -> Iterator[tuple[str, bytes]]:
+    """The git-annex branch files, as (path, content), that ``git annex init
+    <description>``, ``initremote`` of the two special remotes,
+    ``registerurl --remote`` and ``metadata`` write at ``timestamp``:
+    ``uuid.log`` and ``remote.log`` (lines sorted by UUID), and per key its
+    location log (present in its remote), URL log and metadata log."""
     stamp = f"{timestamp}s"
     names = {uuids["annex"]: description, **{uuids[r]: r for r in SPECIAL_REMOTES}}
-    logs: dict[str, bytes] = {
-        "uuid.log": "".join(f"{u} {names[u]} timestamp={stamp}\n" for u in sorted(names)).encode(),
-        "remote.log": "".join(
-            f"{uuids[r]} autoenable=true encryption=none externaltype={r} name={r} "
-            f"type=external timestamp={stamp}\n"
-            for r in sorted(SPECIAL_REMOTES, key=uuids.get)).encode(),
-    }
+    yield "uuid.log", "".join(f"{u} {names[u]} timestamp={stamp}\n" for u in sorted(names)).encode()
+    yield "remote.log", "".join(
+        f"{uuids[r]} autoenable=true encryption=none externaltype={r} name={r} "
+        f"type=external timestamp={stamp}\n"
+        for r in sorted(SPECIAL_REMOTES, key=uuids.get)).encode()
     for item in files:
         base = branch_dir(item.key) + item.key
-        logs[base + ".log"] = f"{stamp} 1 {uuids[item.remote]}\n".encode()
-        logs[base + ".log.web"] = f"{stamp} 1 :{item.url}\n".encode()
+        yield base + ".log", f"{stamp} 1 {uuids[item.remote]}\n".encode()
+        yield base + ".log.web", f"{stamp} 1 :{item.url}\n".encode()
         if item.metadata:
             fields = sorted(item.metadata, key=lambda fv: fv[0].casefold())
             line = " ".join(f"{field} +{metadata_value(value)}" for field, value in fields)
-            logs[base + ".log.met"] = f"{stamp} {line}\n".encode()
-    return logs
+            yield base + ".log.met", f"{stamp} {line}\n".encode()
 
 
 # -- building ----------------------------------------------------------------
@@ -345,34 +343,47 @@ class Builder:
             raise IcfError(f"{self.repo}: git annex examinekey answered {len(dirs)} of {len(keys)} keys")
         return dirs
 
-    def fast_import(self, worktree: dict[str, tuple[str, bytes]], annex: dict[str, bytes],
-                    message: str) -> None:
-        """One commit of ``worktree`` (path -> (mode, content)) on ``main``,
-        one of ``annex`` (path -> content) on top of the git-annex branch."""
+    def fast_import(self, worktree: Iterable[tuple[str, str, bytes]],
+                    annex: Iterable[tuple[str, bytes]], message: str) -> None:
+        """One commit of ``worktree`` ((path, mode, content) items) on
+        ``main``, one of ``annex`` ((path, content) items) on top of the
+        git-annex branch; streamed into one ``git fast-import`` as generated."""
         name, email = IDENTITY
         who = f"{name} <{email}> {self.timestamp} +0000"
-        chunks: list[bytes] = []
+        with tempfile.TemporaryFile() as errors:
+            process = subprocess.Popen(["git", "fast-import", "--quiet", "--done"], cwd=self.repo,
+                                       env=self.env, stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=errors)
+            stream = process.stdin
 
-        def data(payload: bytes) -> None:
-            chunks.append(b"data %d\n" % len(payload))
-            chunks.append(payload)
-            chunks.append(b"\n")
+            def data(payload: bytes) -> None:
+                stream.write(b"data %d\n" % len(payload))
+                stream.write(payload)
+                stream.write(b"\n")
 
-        def modify(mode: str, path: str, payload: bytes) -> None:
-            chunks.append(f"M {mode} inline {_quoted(path)}\n".encode("utf-8"))
-            data(payload)
-
-        chunks.append(f"commit refs/heads/main\nauthor {who}\ncommitter {who}\n".encode())
-        data(message.encode())
-        for path, (mode, payload) in worktree.items():
-            modify(mode, path, payload)
-        chunks.append(f"commit refs/heads/git-annex\ncommitter {who}\n".encode())
-        data(b"update")
-        chunks.append(b"from refs/heads/git-annex^0\n")
-        for path, payload in annex.items():
-            modify("100644", path, payload)
-        chunks.append(b"done\n")
-        self.git("fast-import", "--quiet", "--done", input=b"".join(chunks))
+            try:
+                stream.write(f"commit refs/heads/main\nauthor {who}\ncommitter {who}\n".encode())
+                data(message.encode())
+                for path, mode, payload in worktree:
+                    stream.write(f"M {mode} inline {_quoted(path)}\n".encode("utf-8"))
+                    data(payload)
+                stream.write(f"commit refs/heads/git-annex\ncommitter {who}\n".encode())
+                data(b"update")
+                stream.write(b"from refs/heads/git-annex^0\n")
+                for path, payload in annex:
+                    stream.write(f"M 100644 inline {_quoted(path)}\n".encode("utf-8"))
+                    data(payload)
+                stream.write(b"done\n")
+                stream.close()
+            except BrokenPipeError:
+                pass  # fast-import stopped early: its exit status and message tell why
+            finally:
+                process.wait()
+            if process.returncode != 0:
+                errors.seek(0)
+                message_lines = errors.read().decode("utf-8", "replace").strip().splitlines()
+                raise IcfError(f"{self.repo}: git fast-import failed: "
+                               f"{message_lines[-1] if message_lines else process.returncode}")
 
     def push(self, url: str) -> None:
         self.git("remote", "add", "deposit", url)
@@ -446,14 +457,13 @@ def deposit_dataset(visit: Visit, store_url: str, force: bool = False) -> Datase
         description = f"ICF deposit {visit.study}/{visit.visit}"
         builder.init(description, uuids)
         object_dirs = builder.object_dirs([f.key for f in files])
-        worktree = {
-            ".gitattributes": ("100644", DATALAD_GITATTRIBUTES),
-            ".datalad/.gitattributes": ("100644", DATALAD_DIR_GITATTRIBUTES),
-            ".datalad/config": ("100644",
-                                f'[datalad "dataset"]\n\tid = {uuids["dataset"]}\n'.encode()),
-        }
-        for item, object_dir in zip(files, object_dirs):
-            worktree[item.path] = ("120000", _annex_symlink(item.path, object_dir, item.key))
+        dataset_config = f'[datalad "dataset"]\n\tid = {uuids["dataset"]}\n'.encode()
+        worktree = itertools.chain(
+            [(".gitattributes", "100644", DATALAD_GITATTRIBUTES),
+             (".datalad/.gitattributes", "100644", DATALAD_DIR_GITATTRIBUTES),
+             (".datalad/config", "100644", dataset_config)],
+            ((item.path, "120000", _annex_symlink(item.path, object_dir, item.key))
+             for item, object_dir in zip(files, object_dirs)))
         builder.fast_import(worktree, branch_logs(files, uuids, description, timestamp),
                             f"[ICF] visit {visit.study}/{visit.visit}: archive and "
                             f"{len(files) - 1} DICOMs")
