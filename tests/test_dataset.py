@@ -359,7 +359,7 @@ def http_store(tmp_path):
 
 
 def credential_env(home: Path, base_url: str, user: str, secret: str) -> dict:
-    """Credentials the datalad-next way, from the environment (see docs/credentials.md)."""
+    """Credentials the datalad-next way, from the environment (see docs/user.rst)."""
     return user_env(home, DATALAD_CREDENTIAL_ICF_USER=user, DATALAD_CREDENTIAL_ICF_SECRET=secret,
                      DATALAD_CREDENTIAL_ICF_REALM=f"{base_url}/icf",
                      DATALAD_CREDENTIAL_ICF_TYPE="user_password")
@@ -376,6 +376,8 @@ def test_http_basic_auth(http_store, tmp_path):
                       ("wrong", credential_env(tmp_path / "h2", base_url, USER, "wrong"))):
         failed = clone(url, tmp_path / f"clone-{name}", env, check=False)
         assert failed.returncode != 0, name
+        # datalad-next's words for a refused download (documented in docs/user.rst)
+        assert "deposit does not exist, or is inaccessible" in failed.stdout, failed.stdout
         assert not (tmp_path / f"clone-{name}").exists() or not any(
             (tmp_path / f"clone-{name}").rglob("MR.*")), name
     env = credential_env(tmp_path / "h3", base_url, USER, SECRET)
