@@ -68,6 +68,13 @@ def test_make_demo_from_another_directory(tmp_path):
     assert tar.is_file() and "visit1_dicom.tar" in result.stdout
     names = [m.name for m in members(tar)]
     assert len(names) == 14 and {n.split("/")[1] for n in names} >= {"run1-a", "run1-b", "README.txt"}
+    # the whole chain ran: metadata, deposit, a catalog and how to view and clone it
+    study = tmp_path / "demo-store" / "demo"
+    for name in ("visit1_metadata_dicoms.json", "visit1_XDLRA--refs", "catalog/index.html",
+                 "catalog/visits/visit1.json"):
+        assert (study / name).is_file(), name
+    assert f"python3 -m http.server -d {study}/catalog" in result.stdout
+    assert f"url=file://{study}/visit1_{{{{annex_key}}}}" in result.stdout
 
 
 # -- 3: command line -----------------------------------------------------------

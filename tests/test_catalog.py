@@ -331,6 +331,11 @@ def test_catalog_renders_offline_in_chromium(tmp_path):
         browser.reload()
         page = browser.wait_for_text("DICOM data of visit visit-b", "TAR size: 117.7 MiB")
         assert "series description" not in page
+        keywords = page[page.index("Keywords:"):page.index("Properties:")]
+        assert all(word in keywords for word in ("MR", "SR", "fmri_task", "t1_mprage")), keywords
+        clone_url = ("datalad-annex::?type=external&externaltype=uncurl&url="
+                     f"{store.resolve().as_uri()}/{STUDY}/visit-b_{{{{annex_key}}}}&encryption=none")
+        assert f"In a shell, quote the URL: datalad clone '{clone_url}'" in page
         browser.click_text("a[role=tab]", "DICOM")
         page = browser.wait_for_text("series description: T1w MPRAGE")
         table = page[page.index("Series 2"):]
@@ -338,4 +343,6 @@ def test_catalog_renders_offline_in_chromium(tmp_path):
         for text in ("protocol name: fmri_task", "MR acquisition type: 3D",
                      "pulse sequence name: epfid2d1_64", "number of images: 3", "modality: SR"):
             assert text in table
+        browser.click_text("button", "Download with DataLad")  # the catalog's own clone hint
+        browser.wait_for_text(f"datalad clone {clone_url}")
         assert browser.requests and non_local(browser.requests) == []

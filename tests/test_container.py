@@ -8,6 +8,7 @@ with a mock ``singularity`` that runs the dispatcher on the host."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -252,7 +253,7 @@ def slurm_env(tmp_path) -> dict[str, str]:
         f"# STUDY VISIT INPUT-DIR\n\ns v1 {SAMPLE_VISIT}\n  s v2 input\n")
     return {"PATH": f"{mock_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(submit),
             "ICF_STORE": str(store), "ICF_IMAGE": str(tmp_path / "icf.sif"),
-            "ICF_TARGET": "metadata", "MOCK_LOG": str(tmp_path / "argv")}
+            "MOCK_LOG": str(tmp_path / "argv")}
 
 
 def test_slurm_array_runs_one_visit_per_task(slurm_env, tmp_path):
@@ -264,13 +265,20 @@ def test_slurm_array_runs_one_visit_per_task(slurm_env, tmp_path):
     for task in tasks:
         _, err = task.communicate(timeout=120)
         assert task.returncode == 0, err
+    # the default target: every step, both visits in the one catalog (tasks ran at once)
     for visit in ("v1", "v2"):
-        for name in ("dicom.tar", "metadata_tarball.json", "metadata_dicoms.json"):
+        for name in ("dicom.tar", "metadata_tarball.json", "metadata_dicoms.json", "XDLRA--refs"):
             assert (store / "s" / f"{visit}_{name}").is_file(), (visit, name)
+    catalog = store / "s" / "catalog"
+    assert sorted(p.name for p in (catalog / "visits").iterdir()) == ["v1.json", "v2.json"]
+    listed = set()
+    for record in catalog.glob("metadata/**/*.json"):
+        listed |= {sub["dataset_path"] for sub in json.loads(record.read_text()).get("subdatasets", [])}
+    assert listed >= {"v1", "v2"}, listed
     argv = (tmp_path / "argv.2").read_text().splitlines()
     assert argv == ["run", "--bind", f"{store}:{store},{SAMPLE_VISIT}:{SAMPLE_VISIT}",
                     slurm_env["ICF_IMAGE"], "make", f"STORE={store}", "STUDY=s", "VISIT=v2",
-                    f"INPUT={SAMPLE_VISIT}", "metadata"]
+                    f"INPUT={SAMPLE_VISIT}", "catalog"]
 
 
 def test_slurm_array_refuses_a_task_beyond_the_list(slurm_env):

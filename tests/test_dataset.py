@@ -144,14 +144,20 @@ def test_clone_get_metadata_view_fsck(deposited, tmp_path):
 
 
 def test_deterministic_refs(deposited, tmp_path):
-    """A second build elsewhere, same inputs and store URL: same refs."""
+    """A second build elsewhere, same inputs and store URL, a user's git
+    configuration that sets other key settings: same refs."""
     visit, _ = deposited
     url = visit.store.resolve().as_uri()
     other = Visit(tmp_path / "store", visit.study, visit.visit)
     other.study_dir.mkdir(parents=True)
     for path in (visit.tarball, visit.metadata_tarball, visit.metadata_dicoms):
         shutil.copy2(path, other.study_dir)
-    result = deposit(other, "--store-url", url, env=clean_env(tmp_path / "home"))
+    # a user whose git configuration would change keys, if it were read
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[annex]\n\tbackend = SHA256E\n\tmaxextensionlength = 10\n"
+                                     "\tmaxextensions = 5\n[init]\n\tdefaultBranch = trunk\n")
+    result = deposit(other, "--store-url", url, env=clean_env(home))
     assert result.returncode == 0, result.stderr
     assert other.deposit_refs.read_bytes() == visit.deposit_refs.read_bytes()
 
@@ -181,7 +187,11 @@ def test_killed_run_leaves_previous_deposit(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, Path(__file__).parent.parent / "bin" / "deposit_visit_dataset", "-q", "--force",
          "-o", visit.store, "--id", STUDY, VISIT], env=env, start_new_session=True)
-    time.sleep(2.0)  # inside the build (git annex init / push)
+    build = visit.study_dir / f".{VISIT}_XDLRA.build" / "repo"
+    deadline = time.monotonic() + 60
+    while not build.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert build.exists() and proc.poll() is None  # killed inside the build
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert {p: p.read_bytes() for p in before} == before
@@ -235,8 +245,14 @@ def test_git_annex_branch_matches_batch_commands(deposited, tmp_path):
     env = user_env(tmp_path / "home")
     ds = tmp_path / "clone"
     clone(visit.clone_url(visit.store.resolve().as_uri()), ds, env)
+    assert_branch_made_by_batch_commands(visit, ds, tmp_path / "ref", env)
+
+
+def assert_branch_made_by_batch_commands(visit: Visit, ds: Path, ref: Path, env: dict) -> None:
+    """Replay the deposit with ``initremote``, ``registerurl --batch`` and
+    ``metadata --batch`` in a new repository ``ref``; its git-annex branch
+    must equal the one cloned into ``ds``, file by file."""
     ours = branch_files(ds, "origin/git-annex", env)
-    ref = tmp_path / "ref"
     timestamp = ours["uuid.log"].split("timestamp=")[1].split("s")[0]
     env_ref = dict(env, GIT_ANNEX_VECTOR_CLOCK=timestamp, GIT_AUTHOR_NAME="x", GIT_AUTHOR_EMAIL="x@y",
                    GIT_COMMITTER_NAME="x", GIT_COMMITTER_EMAIL="x@y")
@@ -303,6 +319,8 @@ def test_odd_paths_work_end_to_end(tmp_path):
     for record in records:
         assert md5_of(ds / record["path"]) == record["md5"], record["path"]
     run(["git", "annex", "fsck", "--fast", "-q"], cwd=ds, env=env)
+    # odd names in URLs, metadata values with spaces (base64 in the log), keys with extensions
+    assert_branch_made_by_batch_commands(visit, ds, tmp_path / "ref", env)
 
 
 @pytest.mark.parametrize("name", ["amp&ersand.dcm", "hash#tag.dcm"])

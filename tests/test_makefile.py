@@ -138,3 +138,23 @@ def test_docs_build_without_warnings(tmp_path):
     reference = (html / "reference.html").read_text()
     for script in STEP_SCRIPTS + ("verify_visit",):
         assert f"usage: {script}" in reference, script
+
+
+def test_store_url_reaches_deposit_and_catalog(tmp_path):
+    """STORE_URL: where users reach the store; it goes into the dataset's
+    URLs for the TAR and into the catalog's clone URL."""
+    from icf.dataset import annex_key, branch_dir
+    from icf.store import Visit
+
+    store, url = tmp_path / "store", "https://data.example.org/store"
+    make(store, "VISIT=v1", f"INPUT={SAMPLE_VISIT}", f"STORE_URL={url}", "catalog")
+    visit = Visit(store, STUDY, "v1")
+    record = (visit.catalog_dir / "visits" / "v1.json").read_text()
+    assert json.dumps(visit.clone_url(url))[1:-1] in record
+    tarball = json.loads(visit.metadata_tarball.read_text())
+    key = annex_key(tarball["md5"], tarball["size"], visit.tarball.name)
+    bare = tmp_path / "bare"
+    shutil.unpack_archive(visit.deposit_repo_export, bare, "zip")
+    url_log = subprocess.run(["git", "show", f"git-annex:{branch_dir(key)}{key}.log.web"], cwd=bare,
+                             capture_output=True, text=True, check=True).stdout
+    assert url_log.endswith(f" 1 :{url}/{STUDY}/v1_dicom.tar\n"), url_log

@@ -210,7 +210,8 @@ def visit_record(visit: Visit, summary: VisitSummary, store_url: str) -> dict:
             f"DICOM data of visit {visit.visit} of study {visit.study}: "
             f"{summary.dicoms} DICOM files in {len(summary.series)} series, archived "
             f"in one TAR file. Clone the dataset with DataLad (datalad-next installed) "
-            f"to browse the files and get any of them on demand."
+            f"to browse the files and get any of them on demand. In a shell, quote the "
+            f"URL: datalad clone '{visit.clone_url(store_url)}'"
         ),
         "url": visit.clone_url(store_url),
         "keywords": summary.keywords,
