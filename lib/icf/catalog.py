@@ -38,7 +38,6 @@ Decisions, and why:
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -47,10 +46,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Union
+from typing import Iterable, Iterator, Union
 
 from icf import IcfError
-from icf.output import json_bytes, write_files
+from icf.metadata import read_metadata
+from icf.output import json_bytes, read_json, write_files
 from icf.store import Visit, derived_uuid
 
 #: The one version of every record: records are updated in place, not versioned.
@@ -136,8 +136,8 @@ def series_of(dicoms: Iterable[dict[str, Tag]]) -> list[Series]:
 
 def read_summary(visit: Visit) -> VisitSummary:
     """Read ``<visit>_metadata_tarball.json`` and ``<visit>_metadata_dicoms.json``."""
-    tarball = _read_json(visit.metadata_tarball)
-    dicoms = _read_json(visit.metadata_dicoms)
+    tarball = read_metadata(visit.metadata_tarball)
+    dicoms = read_metadata(visit.metadata_dicoms)
     try:
         size = tarball["size"]
         if not isinstance(size, int):
@@ -151,16 +151,6 @@ def read_summary(visit: Visit) -> VisitSummary:
             f"{visit.metadata_dicoms}: not a list of DICOM entries with the six tags ({exc})"
         ) from None
     return VisitSummary(tar_size=size, dicoms=len(dicoms), series=series)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
-    except FileNotFoundError:
-        raise IcfError(f"{path}: missing (run deposit_visit_metadata first)") from None
-    except (OSError, ValueError) as exc:
-        raise IcfError(f"{path}: unreadable JSON ({exc})") from None
 
 
 def human_size(size: int) -> str:
@@ -265,7 +255,7 @@ def catalog_config(config_file: Path) -> tuple[dict, Path | None]:
     is returned resolved; the config then names just the logo's file name,
     because datalad-catalog 1.1.1 crashes on an absolute logo path.
     """
-    config = _read_json(config_file)
+    config = read_json(config_file)
     if not isinstance(config, dict):
         raise IcfError(f"{config_file}: not a JSON object")
     logo = None

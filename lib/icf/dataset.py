@@ -88,7 +88,6 @@ import base64
 import fcntl
 import hashlib
 import itertools
-import json
 import os
 import shutil
 import subprocess
@@ -102,6 +101,7 @@ from typing import Iterable, Iterator
 
 from icf import IcfError
 from icf.dicom import EXPORTED_TAGS
+from icf.metadata import read_metadata
 from icf.output import write_files
 from icf.store import Visit, derived_uuid
 
@@ -196,19 +196,10 @@ def archive_timestamp(tar_path: Path) -> int:
         raise IcfError(f"{tar_path}: cannot read the archive ({exc})") from None
 
 
-def _load_json(path: Path):
-    try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise IcfError(f"{path}: missing (run deposit_visit_metadata first)") from None
-    except (OSError, ValueError) as exc:
-        raise IcfError(f"{path}: unreadable JSON ({exc})") from None
-
-
 def dataset_files(visit: Visit, store_url: str) -> list[AnnexedFile]:
     """The TAR and every DICOM as annexed files, from the two JSON files;
     IcfError naming the file for anything that cannot be deposited."""
-    tarball = _load_json(visit.metadata_tarball)
+    tarball = read_metadata(visit.metadata_tarball)
     try:
         tar_key = annex_key(tarball["md5"], int(tarball["size"]), visit.tarball.name)
     except (KeyError, TypeError, ValueError):
@@ -216,7 +207,7 @@ def dataset_files(visit: Visit, store_url: str) -> list[AnnexedFile]:
     if not tar_key.endswith(".tar"):
         raise IcfError(f"{visit.metadata_tarball}: archive key {tar_key} lacks .tar")
     files = [AnnexedFile(visit.dataset_tar_path, tar_key, visit.tar_url(store_url), "uncurl")]
-    dicoms = _load_json(visit.metadata_dicoms)
+    dicoms = read_metadata(visit.metadata_dicoms)
     if not isinstance(dicoms, list):
         raise IcfError(f"{visit.metadata_dicoms}: not a JSON array")
     problems = []

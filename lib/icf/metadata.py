@@ -22,11 +22,11 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from icf import IcfError
 from icf.dicom import NotDicom, read_header
-from icf.output import PartialFile, json_bytes
+from icf.output import PartialFile, json_bytes, read_json
 from icf.store import Visit
 from icf.tarball import HashingReader, TarEntry, iter_tar
 
@@ -43,6 +43,11 @@ class MetadataSummary:
     def __str__(self) -> str:
         return (f"{self.dicoms} DICOMs of {self.members} files listed, "
                 f"archive {self.size} bytes, md5 {self.md5}")
+
+
+def read_metadata(path: Path) -> Any:
+    """One of the two JSON files this step writes, read by the later steps."""
+    return read_json(path, "missing (run deposit_visit_metadata first)")
 
 
 def expected_md5(visit: Visit) -> str | None:

@@ -1,4 +1,5 @@
-"""Output files that appear complete or not at all, and deterministic JSON.
+"""Output files that appear complete or not at all, and deterministic JSON
+(and reading it back, with one-line errors).
 
 A file is written under a hidden temporary name beside its final path
 (``.<name>.partial``, so the rename never crosses a file system), flushed to
@@ -97,6 +98,17 @@ def json_bytes(value: Any) -> bytes:
     """JSON as UTF-8 bytes, the same on every machine: the key order is the
     caller's, no ASCII escaping (locale-independent), one trailing newline."""
     return (json.dumps(value, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+
+
+def read_json(path: Path, missing: str = "missing") -> Any:
+    """The JSON value in ``path``; IcfError naming the file if it is
+    ``missing`` (the caller's words) or not JSON."""
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise IcfError(f"{path}: {missing}") from None
+    except (OSError, ValueError) as exc:
+        raise IcfError(f"{path}: unreadable JSON ({exc})") from None
 
 
 def fsync_dir(directory: Path) -> None:

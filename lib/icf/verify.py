@@ -12,28 +12,19 @@ Each problem is reported as ``<study>/<visit>: <file>: <what>``.
 
 from __future__ import annotations
 
-import json
 from typing import Iterator
 
 from icf import IcfError
 from icf.metadata import checked_member_path, describe_member, expected_md5
+from icf.output import read_json
 from icf.store import Visit
 from icf.tarball import HashingReader, iter_tar
 
 
-def _load_json(path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise IcfError(f"{path}: missing") from None
-    except (OSError, ValueError) as exc:
-        raise IcfError(f"{path}: unreadable JSON ({exc})") from None
-
-
 def archive_problems(visit: Visit) -> Iterator[str]:
     """Mismatches between the archive, its .md5sum and the two JSON files."""
-    tarball = _load_json(visit.metadata_tarball)
-    listed = {record["path"]: record for record in _load_json(visit.metadata_dicoms)}
+    tarball = read_json(visit.metadata_tarball)
+    listed = {record["path"]: record for record in read_json(visit.metadata_dicoms)}
     recorded = expected_md5(visit)
     if recorded is None:
         yield f"{visit.md5sum.name}: missing"
