@@ -1,5 +1,6 @@
 """Visit archives: collecting a visit's files, writing them as a reproducible
-TAR, and reading such a TAR back member by member in one pass.
+TAR, and reading such a TAR back member by member in one pass (or its
+headers alone).
 
 The archive format (the same bytes for the same files on every machine):
 
@@ -26,9 +27,9 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, Protocol
 
-from icf import IcfError
+from icf import IcfError, doing
 
 BLOCK = 512
 RECORD = 20 * BLOCK
@@ -40,21 +41,17 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class InputFile:
-    """A regular file to archive: where it is, where it goes, how big it is."""
+    """A regular file to archive: where it is, where it goes, how big it is.
+
+    ``outside`` is where a symlink leads when that is outside the input
+    directory: the file is archived, but the operator is told (step 1's
+    warning), as its content was not where the visit's files are.
+    """
 
     source: Path
     member: str
     size: int
-
-
-@dataclass(frozen=True)
-class Member:
-    """One member read back from an archive, see :func:`iter_members`."""
-
-    path: str
-    size: int
-    mtime: int
-    md5: str
+    outside: Path | None = None
 
 
 # -- collecting the input ---------------------------------------------------
@@ -75,7 +72,7 @@ def collect_input(input_dir: Path, top: str) -> list[InputFile]:
         raise IcfError(f"{input_dir}: input is not a directory")
     found: list[tuple[tuple[bytes, ...], InputFile]] = []
     problems: list[str] = []
-    _walk(input_dir, (), top, found, problems)
+    _walk(input_dir, top, found, problems)
     if problems:
         shown = "; ".join(problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
@@ -86,14 +83,34 @@ def collect_input(input_dir: Path, top: str) -> list[InputFile]:
     return [item for _, item in found]
 
 
-def _walk(directory: Path, parts: tuple[bytes, ...], top: str,
-          found: list, problems: list[str]) -> None:
-    try:
-        entries = sorted(os.scandir(directory), key=lambda e: os.fsencode(e.name))
-    except OSError as exc:
-        problems.append(f"{directory}: cannot list directory ({exc.strerror})")
-        return
-    for entry in entries:
+def _walk(input_dir: Path, top: str, found: list[tuple[tuple[bytes, ...], InputFile]],
+          problems: list[str]) -> None:
+    """Append every regular file under ``input_dir`` to ``found``, keyed by
+    its path components as UTF-8 (the archive's sort key), and every path
+    that cannot be archived to ``problems``, in depth-first order.
+
+    The walk keeps its own stack of open levels (each a sorted listing, so
+    no directory stays open), not Python's: a tree deeper than the
+    recursion limit is as archivable as any other.
+    """
+    root = input_dir.resolve()
+    stack: list[tuple[tuple[bytes, ...], Iterator[os.DirEntry]]] = []
+
+    def enter(directory: Path, parts: tuple[bytes, ...]) -> None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: os.fsencode(e.name))
+        except OSError as exc:
+            problems.append(f"{directory}: cannot list directory ({exc.strerror})")
+            return
+        stack.append((parts, iter(entries)))
+
+    enter(input_dir, ())
+    while stack:
+        parts, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
         path = Path(entry.path)
         try:
             name = entry.name.encode("utf-8")
@@ -110,10 +127,12 @@ def _walk(directory: Path, parts: tuple[bytes, ...], top: str,
             if entry.is_symlink():
                 problems.append(f"{path}: symlink to a directory")
             else:
-                _walk(path, parts + (name,), top, found, problems)
+                enter(path, parts + (name,))
         elif stat.S_ISREG(info.st_mode):
             member = "/".join([top, *(p.decode() for p in parts), entry.name])
-            found.append((parts + (name,), InputFile(path, member, info.st_size)))
+            target = Path(os.path.realpath(path)) if entry.is_symlink() else None
+            outside = target if target is not None and root not in target.parents else None
+            found.append((parts + (name,), InputFile(path, member, info.st_size, outside)))
         else:
             problems.append(f"{path}: not a regular file (FIFO, socket or device)")
 
@@ -160,7 +179,11 @@ def write_archive(files: list[InputFile], mtimes: list[int], out: HashingWriter)
             out.write(block)
         copied = 0
         with open_regular(item.source) as source:
-            while chunk := source.read(_CHUNK):
+            while True:
+                with doing("reading", item.source):
+                    chunk = source.read(_CHUNK)
+                if not chunk:
+                    break
                 copied += len(chunk)
                 if copied > item.size:
                     break
@@ -232,9 +255,19 @@ def _ustar_header(prefix: bytes, name: bytes, size: int, mtime: int, typeflag: b
 
 # -- reading -------------------------------------------------------------------
 
+#: The most a pax extended header or a GNU long name may hold. Step 1 writes
+#: one ``path`` record (a path is at most a few KiB), so anything near this
+#: is not an archive of ours, and reading it whole must not take the
+#: machine's memory.
+MAX_EXTENDED_HEADER = 1 << 20
+
 
 class HashingReader:
-    """Reads from ``raw`` and hashes (MD5) and counts every byte read."""
+    """Reads from ``raw`` and hashes (MD5) and counts every byte read.
+
+    Skipped bytes are read and hashed too, so that the digest and ``size``
+    cover the whole file once the reading is done.
+    """
 
     def __init__(self, raw: BinaryIO):
         self.raw = raw
@@ -247,11 +280,46 @@ class HashingReader:
         self.size += len(data)
         return data
 
-    def read_exactly(self, n: int, what: str) -> bytes:
-        data = self.read(n)
-        if len(data) != n:
-            raise IcfError(f"{what}: archive is truncated")
+    def skip(self, n: int) -> int:
+        """Read and hash the next ``n`` bytes, a chunk at a time; return how
+        many there were (fewer at the end of the file)."""
+        done = 0
+        while done < n and (chunk := self.read(min(_CHUNK, n - done))):
+            done += len(chunk)
+        return done
+
+
+class _SeekingReader:
+    """Reads from ``raw`` and seeks over skipped bytes: for reading headers
+    only, at a cost that does not grow with the members' sizes. ``size``
+    counts the bytes read or skipped."""
+
+    def __init__(self, raw: BinaryIO):
+        self.raw = raw
+        self.size = 0
+        self.end = os.fstat(raw.fileno()).st_size
+
+    def read(self, n: int) -> bytes:
+        data = self.raw.read(n)
+        self.size += len(data)
         return data
+
+    def skip(self, n: int) -> int:
+        """Seek over the next ``n`` bytes; return how many there were. Never
+        past the end of the file (a missing tail is truncation, which the
+        caller reports) and never backwards (``n`` < 0 skips nothing)."""
+        done = max(0, min(n, self.end - self.size))
+        self.raw.seek(done, os.SEEK_CUR)
+        self.size += done
+        return done
+
+
+class _Source(Protocol):
+    size: int
+
+    def read(self, n: int) -> bytes: ...
+
+    def skip(self, n: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -266,70 +334,139 @@ class TarEntry:
 
 def iter_tar(source: HashingReader, name: str) -> Iterator[tuple[TarEntry, Callable[[int], bytes]]]:
     """Yield each file and directory member of the TAR that ``source`` reads,
-    with ``read(n)`` for the member's content, in one sequential pass.
+    with ``read(n)`` (n >= 0) for the member's content, in one sequential pass.
 
     Whatever the consumer does not read of a member is read and skipped for
     it, and the archive's end (zero blocks and padding) is read too, so that
     ``source`` has hashed the whole file when the generator is exhausted.
     Accepts ustar, pax (``x`` records ``path`` and ``size``) and GNU long
-    names; any other member type (links, devices, FIFOs, sparse files,
-    global pax headers), a bad checksum, a truncated or non-TAR file raise
-    IcfError naming ``name``.
+    names. Anything else raises IcfError naming ``name``, in time bounded by
+    the file's size and memory bounded by :data:`MAX_EXTENDED_HEADER`:
+    "not a valid archive: ..." for a file that is not a TAR or
+    holds what step 1 never writes (links, devices, FIFOs, sparse files,
+    global pax headers, names that are not UTF-8 or hold NUL), "archive
+    corrupted: ..." for damage (a bad checksum or number, a malformed pax
+    record, truncation, data after the end).
     """
-    long_path = None
-    pax: dict[str, str] = {}
-    while True:
-        header = source.read(BLOCK)
-        if not header:
-            raise IcfError(f"{name}: {'empty file, not a TAR' if source.size == 0 else 'archive is truncated'}")
-        if len(header) != BLOCK:
-            raise IcfError(f"{name}: archive is truncated")
-        if header == bytes(BLOCK):
-            break
-        if not _checksum_ok(header):
-            what = "not a TAR archive" if source.size == BLOCK else f"corrupt header at byte {source.size - BLOCK}"
-            raise IcfError(f"{name}: {what}")
-        typeflag = header[156:157]
-        try:
-            size = _number(header[124:136])
-        except ValueError:
-            raise IcfError(f"{name}: corrupt header at byte {source.size - BLOCK}") from None
-        if typeflag in (b"x", b"L"):
-            data = source.read_exactly(size + (-size % BLOCK), name)[:size]
-            if typeflag == b"L":
-                long_path = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-            else:
-                pax = _pax_records(data, name)
-            continue
-        if typeflag not in (b"0", b"\0", b"7", b"5"):
-            raise IcfError(f"{name}: member of type {typeflag.decode('ascii', 'replace')!r} "
-                           f"(link, device, FIFO or other non-file) in the archive")
-        path = pax.get("path") or long_path or _ustar_path(header)
-        size = int(pax.get("size", size))
-        entry = TarEntry(path, size, _number(header[136:148]), typeflag == b"5")
-        pax, long_path = {}, None
-        remaining = size
+    for entry in _entries(source, name):
+        remaining = entry.size
 
         def read(n: int) -> bytes:
             nonlocal remaining
-            data = source.read(min(n, remaining))
-            if len(data) < min(n, remaining):
-                raise IcfError(f"{name}: archive is truncated in {path}")
-            remaining -= len(data)
+            if n < 0:  # a file's read(-1) reads all; a member must come in bounded pieces
+                raise ValueError(f"read({n}): the size must be >= 0")
+            wanted = min(n, remaining)
+            data = source.read(wanted)
+            if len(data) < wanted:
+                raise _corrupted(name, f"truncated at byte {source.size}, in member {entry.path!r}")
+            remaining -= wanted
             return data
 
         yield entry, read
-        while remaining:
-            read(_CHUNK)
-        source.read_exactly(-size % BLOCK, name)
-    while chunk := source.read(RECORD):  # the second zero block and padding
-        if chunk.count(0) != len(chunk):
-            raise IcfError(f"{name}: data after the end of the archive")
+
+
+def latest_member_mtime(path: Path) -> int:
+    """The largest mtime of the file and directory members of the TAR at
+    ``path`` (0 if it has none), from their headers alone.
+
+    Member contents are seeked over, not read, so the cost does not grow
+    with the members' sizes. The headers are checked exactly as by
+    :func:`iter_tar`, with the same IcfError messages.
+    """
+    try:
+        with open(path, "rb") as raw:
+            return max((entry.mtime for entry in _entries(_SeekingReader(raw), str(path))), default=0)
+    except OSError as exc:
+        raise IcfError(f"{path}: reading the archive: {exc.strerror or exc}") from None
+
+
+def _entries(source: _Source, name: str) -> Iterator[TarEntry]:
+    """Parse the headers of the TAR that ``source`` reads (see
+    :func:`iter_tar` for what is accepted) and yield each file and
+    directory member with ``source`` at the start of its content.
+
+    The consumer may read part of the content, never more, before resuming
+    the generator, which then skips the rest and the padding: how much is
+    counted from ``source.size``, so it never goes backwards.
+    """
+    extended: dict[bytes, bytes] = {}  # path/size for the next member, from pax or GNU headers
+    extended_at = 0
+    while True:
+        at = source.size
+        header = source.read(BLOCK)
+        if len(header) < BLOCK:
+            raise (_invalid(name, "empty file, not a TAR") if at == 0 == len(header)
+                   else _invalid(name, f"not a TAR file ({len(header)} bytes)") if at == 0
+                   else _corrupted(name, f"truncated at byte {at + len(header)}, in a header"))
+        if header == bytes(BLOCK):
+            if extended:
+                raise _corrupted(name, f"extended header at byte {extended_at} is not followed by a member")
+            break
+        if not _checksum_ok(header):
+            raise (_invalid(name, "not a TAR file (no TAR header at its start)") if at == 0
+                   else _corrupted(name, f"header checksum mismatch at byte {at}"))
+        typeflag = header[156:157]
+        size = _header_number(header, "size", name, at)
+        if typeflag in (b"x", b"L"):
+            if size > MAX_EXTENDED_HEADER:
+                raise _invalid(name, f"extended header of {size} bytes at byte {at} "
+                                     f"(at most {MAX_EXTENDED_HEADER} are read)")
+            padded = size + -size % BLOCK
+            data = source.read(padded)
+            if len(data) < padded:
+                raise _corrupted(name, f"truncated at byte {source.size}, in the extended header at byte {at}")
+            if typeflag == b"L":
+                extended[b"path"] = data[:size].rstrip(b"\0")
+            else:
+                extended.update(_pax_records(data[:size], name, at))
+            extended_at = at
+            continue
+        if typeflag not in (b"0", b"\0", b"7", b"5"):
+            raise _invalid(name, f"member of type {typeflag.decode('ascii', 'replace')!r} at byte {at} "
+                                 "(link, device, FIFO or other non-file)")
+        if any(key.startswith(b"GNU.sparse.") for key in extended):
+            raise _invalid(name, f"sparse member at byte {at}")
+        if b"size" in extended:
+            size = _pax_size(extended[b"size"], name, extended_at)
+        path = _member_name(extended.get(b"path") or _ustar_path(header), name, at)
+        mtime = _header_number(header, "mtime", name, at)
+        if mtime > MAX_MTIME:
+            raise _invalid(name, f"mtime {mtime} at byte {at} is after 2242")
+        extended = {}
+        start = source.size
+        yield TarEntry(path, size, mtime, typeflag == b"5")
+        rest = size + -size % BLOCK - (source.size - start)
+        if source.skip(rest) < rest:
+            raise _corrupted(name, f"truncated at byte {source.size}, in member {path!r}")
+    _check_end(source, name)
+
+
+def _check_end(source: _Source, name: str) -> None:
+    """After the first zero block: the second one, then only zero padding
+    up to the end of the file (read in bounded chunks)."""
+    if len(source.read(BLOCK)) < BLOCK:
+        raise _corrupted(name, f"truncated at byte {source.size}, in the end-of-archive marker")
+    while chunk := source.read(RECORD):
+        if any(chunk):
+            offset = source.size - len(chunk.lstrip(b"\0"))
+            raise _corrupted(name, f"data after the end of the archive, at byte {offset}")
+        if len(chunk) % BLOCK:
+            raise _corrupted(name, f"the file ends inside a block, at byte {source.size}")
+
+
+def _invalid(name: str, what: str) -> IcfError:
+    """Not a TAR, or one holding what step 1 never writes."""
+    return IcfError(f"{name}: not a valid archive: {what}")
+
+
+def _corrupted(name: str, what: str) -> IcfError:
+    """A TAR damaged after it was written: bytes changed, lost or added."""
+    return IcfError(f"{name}: archive corrupted: {what}")
 
 
 def _checksum_ok(header: bytes) -> bool:
     try:
-        stored = int(header[148:156].rstrip(b" \0").decode("ascii") or "-1", 8)
+        stored = _octal(header[148:156])
     except ValueError:
         return False
     unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
@@ -337,28 +474,75 @@ def _checksum_ok(header: bytes) -> bool:
     return stored in (unsigned, signed)
 
 
-def _number(field: bytes) -> int:
-    """An octal header field, or GNU base-256 (high bit set)."""
-    if field[0] & 0x80:
-        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
-    return int(field.rstrip(b" \0").decode("ascii") or "0", 8)
+_FIELDS = {"size": (124, 136), "mtime": (136, 148)}
 
 
-def _ustar_path(header: bytes) -> str:
+def _header_number(header: bytes, field: str, name: str, at: int) -> int:
+    """The ``size`` or ``mtime`` field of the header at byte ``at``: octal,
+    or GNU base-256 (first byte 0x80, positive; 0xff is negative, which no
+    size or mtime of ours is)."""
+    start, end = _FIELDS[field]
+    raw = header[start:end]
+    if raw[0] == 0x80:
+        return int.from_bytes(raw[1:], "big")
+    if raw[0] == 0xFF:
+        raise _corrupted(name, f"negative {field} in the header at byte {at}")
+    try:
+        return _octal(raw)
+    except ValueError:
+        raise _corrupted(name, f"{field} in the header at byte {at} is not a number") from None
+
+
+def _octal(field: bytes) -> int:
+    """An octal number field: digits up to a NUL or the end, spaces around
+    them allowed, empty meaning 0; ValueError for anything else (int()
+    alone would take signs, underscores and ``0o``)."""
+    digits = field.split(b"\0", 1)[0].strip(b" ")
+    if digits.strip(b"01234567"):
+        raise ValueError(f"not an octal number: {field!r}")
+    return int(digits or b"0", 8)
+
+
+def _ustar_path(header: bytes) -> bytes:
     name = header[:100].split(b"\0", 1)[0]
     prefix = header[345:500].split(b"\0", 1)[0] if header[257:263] == b"ustar\0" else b""
-    return (prefix + b"/" + name if prefix else name).decode("utf-8", "surrogateescape")
+    return prefix + b"/" + name if prefix else name
 
 
-def _pax_records(data: bytes, name: str) -> dict[str, str]:
+def _member_name(raw: bytes, name: str, at: int) -> str:
+    """A member's path, which must be UTF-8 without NUL: step 1 refuses
+    other names, and they could not be written to JSON faithfully."""
+    if b"\0" in raw:
+        raise _invalid(name, f"the name of the member at byte {at} contains NUL")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid(name, f"the name of the member at byte {at} is not valid UTF-8") from None
+
+
+def _pax_records(data: bytes, name: str, at: int) -> dict[bytes, bytes]:
+    """The records of the pax extended header at byte ``at``, each
+    ``<length> <key>=<value>\\n`` with ``length`` counting the whole record.
+
+    Each record must end within ``data`` and after its own length field, so
+    the loop advances on every record and ends.
+    """
     records = {}
-    while data:
-        length = data.partition(b" ")[0]
-        try:
-            record = data[len(length) + 1:int(length)]
-        except ValueError:
-            raise IcfError(f"{name}: corrupt pax header") from None
-        key, _, value = record.rstrip(b"\n").partition(b"=")
-        records[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
-        data = data[int(length):]
+    pos = 0
+    while pos < len(data):
+        length, space, _ = data[pos:pos + 21].partition(b" ")
+        end = pos + int(length) if space and length.isdigit() else -1
+        if not pos + len(length) + 1 < end <= len(data) or data[end - 1:end] != b"\n":
+            raise _corrupted(name, f"malformed pax record at byte {at + BLOCK + pos}")
+        key, equals, value = data[pos + len(length) + 1:end - 1].partition(b"=")
+        if not equals:
+            raise _corrupted(name, f"pax record without '=' at byte {at + BLOCK + pos}")
+        records[key] = value
+        pos = end
     return records
+
+
+def _pax_size(value: bytes, name: str, at: int) -> int:
+    if not value.isdigit():
+        raise _corrupted(name, f"size record of the pax header at byte {at} is not a number of bytes")
+    return int(value)
