@@ -13,13 +13,15 @@ from conftest import SAMPLE_VISIT, run_tool
 from icf.store import Visit
 
 STUDY, VISIT = "study1", "visit1"
+#: The deposit's store URL: the same for the built visit and its copies.
+STORE_URL = "https://data.example.org/store"
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Visit:
     store = tmp_path_factory.mktemp("verify") / "store"
     for script, extra in (("make_studyvisit_archive", [SAMPLE_VISIT]), ("deposit_visit_metadata", []),
-                          ("deposit_visit_dataset", [])):
+                          ("deposit_visit_dataset", ["--store-url", STORE_URL])):
         result = run_tool(script, "-q", "-o", store, "--id", STUDY, VISIT, *extra)
         assert result.returncode == 0, result.stderr
     return Visit(store, STUDY, VISIT)
@@ -33,11 +35,12 @@ def visit(built, tmp_path) -> Visit:
 
 
 def verify(visit: Visit):
-    return run_tool("verify_visit", "-o", visit.store, "--id", visit.study, visit.visit)
+    return run_tool("verify_visit", "-o", visit.store, "--id", visit.study, visit.visit,
+                    "--store-url", STORE_URL)
 
 
 def mismatches(result) -> list[str]:
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 3, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[-1] == f"verify_visit: error: {STUDY}/{VISIT}: {len(lines) - 1} mismatch(es)"
     assert all(line.startswith(f"verify_visit: mismatch: {STUDY}/{VISIT}: ") for line in lines[:-1])
@@ -100,7 +103,7 @@ def test_damaged_deposit_is_named(visit):
     visit.deposit_repo_export.write_bytes(b"not a zip")
     found = mismatches(verify(visit))
     assert found == [f"verify_visit: mismatch: {STUDY}/{VISIT}: {visit.deposit_repo_export}: "
-                     "not a readable deposit (File is not a zip file)"]
+                     "not a readable deposit (BadZipFile: File is not a zip file)"]
 
 
 def test_missing_md5sum_is_a_mismatch(visit):
@@ -109,8 +112,10 @@ def test_missing_md5sum_is_a_mismatch(visit):
         f"verify_visit: mismatch: {STUDY}/{VISIT}: {visit.md5sum.name}: missing"]
 
 
-def test_missing_archive_is_an_error(visit):
+def test_missing_archive_is_a_mismatch_and_an_unknown_visit_an_error(visit):
     visit.tarball.unlink()
-    result = verify(visit)
-    assert result.returncode == 1
-    assert str(visit.tarball) in result.stderr and "Traceback" not in result.stderr
+    assert any(str(visit.tarball) in line for line in mismatches(verify(visit)))
+    result = run_tool("verify_visit", "-o", visit.store, "--id", STUDY, "no-such-visit",
+                      "--store-url", STORE_URL)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "no-such-visit_dicom.tar" in result.stderr and "nothing to verify" in result.stderr

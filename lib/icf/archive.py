@@ -6,6 +6,10 @@ when or where the files were copied. Files without a usable DICOM timestamp
 (non-DICOM files, DICOMDIR, undated objects) and the archive file itself get
 the latest DICOM timestamp of the visit; with none at all, 0.
 
+Symlinks to regular files are archived as the files they point to; those
+that lead outside the input directory are named in a warning, since their
+content is not where the visit's files are.
+
 The archive is written to ``.<visit>_dicom.tar.partial`` in the study
 directory, hashed while it is written, and linked into place only when
 complete, never over an existing archive. The ``.md5sum`` is put in place
@@ -21,10 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-from icf import IcfError
+from icf import IcfError, doing
 from icf.dicom import TIMESTAMP_TAGS, NotDicom, read_header
-from icf.output import PartialFile
-from icf.store import Visit
+from icf.output import PartialFile, signals_held
+from icf.store import Visit, git_refusal
 from icf.tarball import MAX_MTIME, HashingWriter, InputFile, collect_input, open_regular, write_archive
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,8 @@ class ArchiveSummary:
     size: int
     md5: str
     mtime: int
+    #: symlinks followed to files outside the input directory
+    outside_links: int
 
     def __str__(self) -> str:
         return (f"{self.files} files ({self.dicoms} DICOMs, {self.files - self.dicoms} other files), "
@@ -78,9 +84,19 @@ def make_archive(visit: Visit, input_dir: Path,
             len(files) - len(dated), len(files),
             datetime.fromtimestamp(latest, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
     mtimes = [latest if timestamp is None else timestamp for _, timestamp in found]
+    outside = [item for item in files if item.outside is not None]
+    if outside:
+        log.warning("followed %d symlink(s) to files outside the input directory and archived those files: %s",
+                    len(outside), _some([f"{item.source} -> {item.outside}" for item in outside]))
+    refused = [f"{item.member!r} {why}" for item in files if (why := git_refusal(item.member))]
+    if refused:
+        log.warning("%d file(s) archived, but the visit cannot be deposited as it is "
+                    "(see the admin guide): %s", len(refused), _some(refused))
 
-    visit.study_dir.mkdir(parents=True, exist_ok=True)
-    with PartialFile(visit.tarball) as tar, PartialFile(visit.md5sum) as md5sum:
+    with doing("creating the study directory"):
+        visit.study_dir.mkdir(parents=True, exist_ok=True)
+    with PartialFile(visit.tarball) as tar, PartialFile(visit.md5sum) as md5sum, \
+            doing("writing the archive", tar.path):
         if visit.tarball.exists():  # made by a run that held the lock before us
             raise IcfError(f"{visit.tarball}: archive exists already, not overwritten")
         writer = HashingWriter(tar.file)
@@ -90,10 +106,17 @@ def make_archive(visit: Visit, input_dir: Path,
         tar.file.flush()
         os.utime(tar.path, (latest, latest))
         md5sum.file.write(f"{digest}  {visit.tarball.name}\n".encode())
-        md5sum.commit(overwrite=True)
-        tar.commit(overwrite=False)
+        with signals_held():
+            md5sum.commit(overwrite=True)
+            tar.commit(overwrite=False)
     return ArchiveSummary(len(files), sum(is_dicom for is_dicom, _ in found),
-                          len(files) - len(dated), writer.size, digest, latest)
+                          len(files) - len(dated), writer.size, digest, latest, len(outside))
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``names``, then how many more there are."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _check_output_outside(visit: Visit, input_dir: Path) -> None:

@@ -24,8 +24,10 @@ Decisions, and why:
   for its whole update, lets datalad-catalog write into a scratch catalog
   (``<study>/.catalog.stage``, holding copies of just the records it
   updates), and then moves each changed file into the real catalog by rename:
-  visit record, study record, home pointer, in that order, so a reader never
-  sees a half-written file or a study linking to a missing visit. A new
+  visit record, study record, home pointer, the visit's marker, in that
+  order and with signals held, so a reader never sees a half-written file or
+  a study linking to a missing visit. The lock file is opened read-only, so
+  one created by another user does not block. A new
   catalog is built as ``<study>/.catalog.new`` and renamed into place.
 - **Offline.** datalad-catalog's ``index.html`` loads Vue from a CDN although
   a copy ships in ``assets/``; we point it at the local copy and refuse to
@@ -37,20 +39,18 @@ Decisions, and why:
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Union
 
-from icf import IcfError
-from icf.metadata import read_metadata
-from icf.output import json_bytes, read_json, write_files
+from icf import IcfError, doing
+from icf.metadata import read_dicom_records, read_tarball_record
+from icf.output import json_bytes, locked, read_json, write_files
 from icf.store import Visit, derived_uuid
 
 #: The one version of every record: records are updated in place, not versioned.
@@ -136,21 +136,9 @@ def series_of(dicoms: Iterable[dict[str, Tag]]) -> list[Series]:
 
 def read_summary(visit: Visit) -> VisitSummary:
     """Read ``<visit>_metadata_tarball.json`` and ``<visit>_metadata_dicoms.json``."""
-    tarball = read_metadata(visit.metadata_tarball)
-    dicoms = read_metadata(visit.metadata_dicoms)
-    try:
-        size = tarball["size"]
-        if not isinstance(size, int):
-            raise TypeError
-    except (KeyError, TypeError):
-        raise IcfError(f"{visit.metadata_tarball}: no integer 'size' in it") from None
-    try:
-        series = series_of(dicoms)
-    except (KeyError, TypeError) as exc:
-        raise IcfError(
-            f"{visit.metadata_dicoms}: not a list of DICOM entries with the six tags ({exc})"
-        ) from None
-    return VisitSummary(tar_size=size, dicoms=len(dicoms), series=series)
+    size = read_tarball_record(visit)["size"]
+    dicoms = read_dicom_records(visit)
+    return VisitSummary(tar_size=size, dicoms=len(dicoms), series=series_of(dicoms))
 
 
 def human_size(size: int) -> str:
@@ -313,17 +301,6 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-@contextmanager
-def study_lock(study_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``<study>/.catalog.lock`` (waits for other runs)."""
-    fd = os.open(study_dir / ".catalog.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _check(results: list[dict], what: str) -> list[dict]:
     """Raise IcfError unless every datalad result is ok."""
     bad = [r for r in results if r.get("status") not in ("ok", "notneeded")]
@@ -365,10 +342,12 @@ def create_site(catalog: Path, config_file: Path) -> None:
     os.rename(new, catalog)
 
 
-def update_records(catalog: Path, visit: Visit, visit_rec: dict) -> int:
-    """Add/replace the visit's record, list it in the study record, set home.
+def updated_records(catalog: Path, visit: Visit, visit_rec: dict) -> tuple[int, dict[Path, bytes]]:
+    """Let datalad-catalog add/replace the visit's record, list it in the
+    study record and set home, in a scratch copy.
 
-    Returns the number of visits the study now lists.
+    Returns the number of visits the study now lists, and the catalog files
+    to write, path -> content, in the order they must be put in place.
     """
     from datalad.api import catalog_add, catalog_get, catalog_set
 
@@ -402,11 +381,8 @@ def update_records(catalog: Path, visit: Visit, visit_rec: dict) -> int:
                  if f.is_file()]
         for path in files:
             (catalog / "metadata" / path.relative_to(staged)).parent.mkdir(parents=True, exist_ok=True)
-        write_files(
-            {catalog / "metadata" / f.relative_to(staged): f.read_bytes() for f in files},
-            overwrite=True,
-        )
-        return len(subdatasets)
+        return len(subdatasets), {catalog / "metadata" / f.relative_to(staged): f.read_bytes()
+                                  for f in files}
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -425,11 +401,12 @@ def catalogify(visit: Visit, store_url: str, config_file: Path = DEFAULT_CONFIG)
     """
     summary = read_summary(visit)
     record = visit_record(visit, summary, store_url)
-    with study_lock(visit.study_dir):
+    with locked(visit.study_dir / ".catalog.lock", wait=True, busy="locked"), \
+            doing("updating the catalog", visit.catalog_dir):
         create_site(visit.catalog_dir, config_file)
-        visits = update_records(visit.catalog_dir, visit, record)
+        visits, records = updated_records(visit.catalog_dir, visit, record)
         visit_marker(visit).parent.mkdir(exist_ok=True)
-        write_files({visit_marker(visit): json_bytes(record)}, overwrite=True)
+        write_files({**records, visit_marker(visit): json_bytes(record)}, overwrite=True)
     return (
         f"{visit.catalog_dir}: visit {visit.visit} ({summary.dicoms} DICOMs, "
         f"{len(summary.series)} series, {human_size(summary.tar_size)}); "

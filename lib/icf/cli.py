@@ -1,29 +1,56 @@
-"""What the four scripts share: options, help wording, messages, exit codes.
+"""What the scripts share: options, help wording, messages, signals, exit codes.
 
-Exit status: 0 done, 1 an input or state the tool cannot handle faithfully
-(one line on stderr naming the file), 2 a usage error (nothing written).
+Exit status (the same for every script, see the admin guide):
+
+- 0: done;
+- 1: an input or state the tool cannot handle faithfully, or an operating
+  system error (full disk, permission denied, ...): one line on stderr
+  naming the file and what was being done; nothing half-written is left;
+- 2: a usage error (bad option or ID): nothing written;
+- 3: ``verify_visit`` found a mismatch (one line per mismatch);
+- 128 + N: interrupted by signal N (SIGINT 130, SIGTERM 143, SIGHUP 129).
+  The message says whether the output had been completed before the
+  signal (it then stays, complete) or nothing was written.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
-from icf import IcfError
-from icf.store import Visit, check_id, default_store_url
+from icf import IcfError, os_error_line
+from icf.output import HELD_SIGNALS
+from icf.store import Visit, check_id, check_store_url, default_store_url
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR = 0, 1
 
 
-def _id(value: str) -> str:
-    try:
-        return check_id(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+class Interrupted(BaseException):
+    """SIGINT, SIGTERM or SIGHUP arrived (raised by the handlers :func:`run` installs)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def _checked(check: Callable[[str], str]) -> Callable[[str], str]:
+    """An argparse type from a ``check`` that raises ValueError."""
+    def checked(value: str) -> str:
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return checked
 
 
 def argument_parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
@@ -39,7 +66,7 @@ def argument_parser(prog: str, description: str, epilog: str = "") -> argparse.A
         help="root directory of the store (default: the current directory)",
     )
     parser.add_argument(
-        "--id", nargs=2, metavar=("STUDY-ID", "VISIT-ID"), type=_id, required=True,
+        "--id", nargs=2, metavar=("STUDY-ID", "VISIT-ID"), type=_checked(check_id), required=True,
         help="study and visit ID: letters, digits, '.', '_' and '-', "
         "not starting with '.' or '-'",
     )
@@ -58,9 +85,11 @@ def add_force_option(parser: argparse.ArgumentParser, what: str) -> None:
 
 def add_store_url_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--store-url", metavar="URL",
+        "--store-url", metavar="URL", type=_checked(check_store_url),
         help="URL at which the store's root is served to users "
-        "(default: the file:// URL of the store directory)",
+        "(default: the file:// URL of the store directory); characters "
+        "outside RFC 3986 (quotes, spaces, '$', ';', '<', '>', '&', '#', '?', "
+        "non-ASCII) must be percent-encoded",
     )
 
 
@@ -72,11 +101,17 @@ def visit_of(args: argparse.Namespace) -> Visit:
     return Visit(args.store_dir, *args.id)
 
 
-def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], str]) -> None:
+def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], str],
+        outputs: Callable[[argparse.Namespace], Sequence[Path]] = lambda args: ()) -> None:
     """Parse the command line, run ``main``, print its one-line summary, exit.
 
     ``main`` returns the summary; it raises IcfError for anything it cannot
-    do faithfully, which becomes one ``<prog>: error: ...`` line and exit 1.
+    do faithfully, which becomes one ``<prog>: error: ...`` line and the
+    error's exit status. An OSError that no step turned into an IcfError
+    still becomes one line naming the path, and any other exception one
+    ``internal error`` line (``ICF_DEBUG=1`` shows the traceback): no input
+    or environment gives a traceback. ``outputs(args)`` lists the files the
+    script makes; after a signal, the message says which of them changed.
     """
     args = parser.parse_args()
     logging.basicConfig(
@@ -84,18 +119,48 @@ def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], st
         level=logging.WARNING if args.quiet else logging.INFO,
         stream=sys.stderr,
     )
+    for signum in HELD_SIGNALS:
+        signal.signal(signum, _raise_interrupted)
     started = time.monotonic()
+    before = {path: _state(path) for path in outputs(args)}
     try:
         summary = main(args)
+        if not args.quiet:
+            print(f"{parser.prog}: {summary} in {time.monotonic() - started:.1f} s", file=sys.stderr)
     except IcfError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_ERROR)
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted, nothing written", file=sys.stderr)
-        sys.exit(130)
-    if not args.quiet:
-        print(f"{parser.prog}: {summary} in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        _fail(parser.prog, str(exc), exc.exit_status)
+    except OSError as exc:
+        _fail(parser.prog, os_error_line(exc), EXIT_ERROR)
+    except Interrupted as exc:
+        changed = [path.name for path, state in before.items() if _state(path) != state]
+        outcome = (f"after {', '.join(changed)} {'was' if len(changed) == 1 else 'were'} complete"
+                   if changed else "nothing written")
+        _fail(parser.prog, f"interrupted by {signal.Signals(exc.signum).name}, {outcome}",
+              128 + exc.signum, prefix="")
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("ICF_DEBUG"):
+            raise
+        _fail(parser.prog, f"internal error: {type(exc).__name__}: {exc} "
+              "(rerun with ICF_DEBUG=1 for a traceback, and report it)", EXIT_ERROR)
     sys.exit(EXIT_OK)
+
+
+def one_line(message: str) -> str:
+    """``message`` with line breaks shown as ``\\n``/``\\r``: one line, whatever a name holds."""
+    return message.replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _fail(prog: str, message: str, status: int, prefix: str = "error: ") -> None:
+    print(f"{prog}: {prefix}{one_line(message)}", file=sys.stderr)
+    sys.exit(status)
+
+
+def _state(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns, info.st_size
 
 
 def progress_bar(args: argparse.Namespace, unit: str) -> Callable[[Iterable, int], Iterable]:

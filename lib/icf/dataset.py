@@ -52,8 +52,11 @@ File names: ``archivist`` takes the member path literally from
 ``dl+archive:<key>#path=<path>&size=<n>`` (no percent-decoding; the path ends
 at the first ``&``, the key at the last ``#``), so a path containing ``&`` or
 ``#`` cannot be addressed, and a line break cannot pass git-annex's logs.
-Such paths are refused, naming the file, before anything is written. Spaces,
-quotes, ``%``, ``?``, ``+``, ``;``, ``=`` and non-ASCII work as they are.
+Such paths are refused, naming the file, before anything is written, and so
+are paths git would refuse to check out (a ``.git`` component in any case,
+``.gitmodules`` and the like, see :func:`icf.store.git_refusal`): the
+deposit would be accepted here and fail in every clone. Spaces, quotes,
+``%``, ``?``, ``+``, ``;``, ``=`` and non-ASCII work as they are.
 
 Users behind HTTP authentication (tested with basic auth): uncurl asks
 datalad-next's credential system, both for ``datalad clone`` and for
@@ -92,18 +95,18 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from icf import IcfError
+from icf import IcfError, doing
 from icf.dicom import EXPORTED_TAGS
-from icf.metadata import read_metadata
+from icf.metadata import read_dicom_records, read_tarball_record
 from icf.output import write_files
-from icf.store import Visit, derived_uuid
+from icf.store import Visit, check_store_url, derived_uuid, git_refusal
+from icf.tarball import latest_member_mtime
 
 #: git-annex settings that decide keys; pinned for the build repository.
 KEY_SETTINGS = {
@@ -187,47 +190,28 @@ def metadata_value(value: str) -> str:
 # -- reading the inputs -----------------------------------------------------
 
 
-def archive_timestamp(tar_path: Path) -> int:
-    """The largest member mtime in the TAR's headers (contents are skipped)."""
-    try:
-        with tarfile.open(tar_path, mode="r:") as tar:
-            return max((int(member.mtime) for member in tar), default=0)
-    except (OSError, tarfile.TarError) as exc:
-        raise IcfError(f"{tar_path}: cannot read the archive ({exc})") from None
-
-
 def dataset_files(visit: Visit, store_url: str) -> list[AnnexedFile]:
     """The TAR and every DICOM as annexed files, from the two JSON files;
     IcfError naming the file for anything that cannot be deposited."""
-    tarball = read_metadata(visit.metadata_tarball)
-    try:
-        tar_key = annex_key(tarball["md5"], int(tarball["size"]), visit.tarball.name)
-    except (KeyError, TypeError, ValueError):
-        raise IcfError(f"{visit.metadata_tarball}: not a tarball description") from None
-    if not tar_key.endswith(".tar"):
-        raise IcfError(f"{visit.metadata_tarball}: archive key {tar_key} lacks .tar")
+    tarball = read_tarball_record(visit)
+    tar_key = annex_key(tarball["md5"], tarball["size"], visit.tarball.name)
     files = [AnnexedFile(visit.dataset_tar_path, tar_key, visit.tar_url(store_url), "uncurl")]
-    dicoms = read_metadata(visit.metadata_dicoms)
-    if not isinstance(dicoms, list):
-        raise IcfError(f"{visit.metadata_dicoms}: not a JSON array")
     problems = []
     seen = {visit.dataset_tar_path}
-    for record in dicoms:
-        try:
-            path, md5, size = record["path"], record["md5"], int(record["size"])
-        except (KeyError, TypeError, ValueError):
-            raise IcfError(f"{visit.metadata_dicoms}: entry without path, md5 and size: "
-                           f"{str(record)[:80]}") from None
+    for record in read_dicom_records(visit):
+        path, md5, size = record["path"], record["md5"], record["size"]
         bad = [what for char, what in FORBIDDEN_IN_PATH.items() if char in path]
         parts = path.split("/")
         if bad:
-            problems.append(f"{path!r} contains {' and '.join(bad)}")
-        elif parts[0] != visit.archive_top or len(parts) < 2 or any(p in ("", ".", "..") for p in parts):
+            problems.append(f"{path!r} contains {' and '.join(bad)} (archivist cannot address it)")
+        elif parts[0] != visit.archive_top or len(parts) < 2:
             problems.append(f"{path!r} is not a relative path under {visit.archive_top}/")
+        elif refusal := git_refusal(path):
+            problems.append(f"{path!r} {refusal}")
         elif path in seen:
             problems.append(f"{path!r} is listed twice")
         seen.add(path)
-        tags = tuple((tag, str(record.get(tag, ""))) for tag in EXPORTED_TAGS)
+        tags = tuple((tag, str(record[tag])) for tag in EXPORTED_TAGS)
         files.append(AnnexedFile(
             path, annex_key(md5, size, path),
             f"dl+archive:{tar_key}#path={path}&size={size}", "archivist",
@@ -236,7 +220,7 @@ def dataset_files(visit: Visit, store_url: str) -> list[AnnexedFile]:
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise IcfError(f"{visit.metadata_dicoms}: cannot deposit {'; '.join(problems[:5])}{more}"
-                       " (archivist cannot address such a member path)")
+                       " (see the admin guide: paths a dataset cannot hold)")
     return files
 
 
@@ -368,6 +352,9 @@ class Builder:
                 stream.close()
             except BrokenPipeError:
                 pass  # fast-import stopped early: its exit status and message tell why
+            except BaseException:  # interrupted: fast-import would wait for input forever
+                process.kill()
+                raise
             finally:
                 process.wait()
             if process.returncode != 0:
@@ -399,12 +386,18 @@ def dataset_uuids(visit: Visit) -> dict[str, str]:
     }
 
 
-def check_store_url(store_url: str) -> None:
-    """The store URL goes into ``datalad-annex::?...&url=...`` and into
-    ``dl+archive``-free uncurl URLs: it must not carry query syntax."""
-    if any(c in store_url for c in "&#? \n") or "://" not in store_url:
-        raise IcfError(f"--store-url {store_url!r}: need a URL like https://host/path "
-                       "without '&', '#', '?' or spaces")
+def dataset_config_files(uuids: dict[str, str]) -> dict[str, bytes]:
+    """The dataset's own files on ``main`` (all but the annexed ones)."""
+    return {
+        ".gitattributes": DATALAD_GITATTRIBUTES,
+        ".datalad/.gitattributes": DATALAD_DIR_GITATTRIBUTES,
+        ".datalad/config": f'[datalad "dataset"]\n\tid = {uuids["dataset"]}\n'.encode(),
+    }
+
+
+def deposit_description(visit: Visit) -> str:
+    """The annex description of the build repository (in ``uuid.log``)."""
+    return f"ICF deposit {visit.study}/{visit.visit}"
 
 
 class BuildDir:
@@ -415,6 +408,10 @@ class BuildDir:
         self.path = visit.study_dir / f".{visit.visit}_XDLRA.build"
 
     def __enter__(self) -> Path:
+        with doing("preparing the build directory"):
+            return self._enter()
+
+    def _enter(self) -> Path:
         self.path.mkdir(exist_ok=True)
         self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -433,26 +430,26 @@ class BuildDir:
 
 def deposit_dataset(visit: Visit, store_url: str, force: bool = False) -> DatasetSummary:
     """Build the visit's dataset and leave exactly its two deposit files."""
-    check_store_url(store_url)
-    deposit = [visit.deposit_repo_export, visit.deposit_refs]  # refs last: it marks completion
+    try:
+        check_store_url(store_url)
+    except ValueError as exc:
+        raise IcfError(str(exc)) from None
+    deposit = visit.deposit_files
     existing = [p for p in deposit if p.exists()]
     if existing and not force:
         raise IcfError(f"{existing[0]}: exists already (use --force to replace the deposit)")
     files = dataset_files(visit, store_url)
     if not visit.tarball.is_file():
         raise IcfError(f"{visit.tarball}: missing (the dataset's content comes from it)")
-    timestamp = archive_timestamp(visit.tarball)
+    timestamp = latest_member_mtime(visit.tarball)
     uuids = dataset_uuids(visit)
-    with BuildDir(visit) as workdir:
+    with BuildDir(visit) as workdir, doing("building the deposit", workdir):
         builder = Builder(workdir, timestamp)
-        description = f"ICF deposit {visit.study}/{visit.visit}"
+        description = deposit_description(visit)
         builder.init(description, uuids)
         object_dirs = builder.object_dirs([f.key for f in files])
-        dataset_config = f'[datalad "dataset"]\n\tid = {uuids["dataset"]}\n'.encode()
         worktree = itertools.chain(
-            [(".gitattributes", "100644", DATALAD_GITATTRIBUTES),
-             (".datalad/.gitattributes", "100644", DATALAD_DIR_GITATTRIBUTES),
-             (".datalad/config", "100644", dataset_config)],
+            ((path, "100644", content) for path, content in dataset_config_files(uuids).items()),
             ((item.path, "120000", _annex_symlink(item.path, object_dir, item.key))
              for item, object_dir in zip(files, object_dirs)))
         builder.fast_import(worktree, branch_logs(files, uuids, description, timestamp),
@@ -469,15 +466,24 @@ def deposit_dataset(visit: Visit, store_url: str, force: bool = False) -> Datase
 # -- reading a deposit back (fixity) ----------------------------------------
 
 
-def deposit_keys(visit: Visit) -> dict[str, str]:
-    """Path -> annex key of every annexed file on the deposit's ``main``
-    branch, read from the two deposit files without cloning:
-    ``XDLRA--repo-export`` is a ZIP of a bare git repository and
-    ``XDLRA--refs`` must name exactly the branches it holds. Three git
-    processes, whatever the size."""
+@dataclass(frozen=True)
+class Deposit:
+    """What the two deposit files hold, read without cloning: the files of
+    the ``main`` and ``git-annex`` branches, path -> (mode, content)."""
+
+    main: dict[str, tuple[str, bytes]]
+    annex: dict[str, tuple[str, bytes]]
+
+
+def read_deposit(visit: Visit) -> Deposit:
+    """Read ``XDLRA--repo-export`` (a ZIP of a bare git repository) and
+    check that ``XDLRA--refs`` names exactly the branches it holds. Four git
+    processes, whatever the size. Anything unreadable (a damaged ZIP, a
+    repository git cannot read, refs that are not refs) is IcfError."""
+    name = visit.deposit_repo_export
     try:
-        refs = dict(line.split(" ", 1)[::-1] for line in
-                    visit.deposit_refs.read_text(encoding="utf-8").splitlines() if " " in line)
+        text = visit.deposit_refs.read_text(encoding="utf-8")
+        refs = dict(line.split(" ", 1)[::-1] for line in text.splitlines() if " " in line)
     except (OSError, UnicodeDecodeError) as exc:
         raise IcfError(f"{visit.deposit_refs}: unreadable ({exc})") from None
     if "refs/heads/main" not in refs:
@@ -485,45 +491,87 @@ def deposit_keys(visit: Visit) -> dict[str, str]:
     env = isolated_git_env()
     with tempfile.TemporaryDirectory(prefix="icf-verify-") as bare:
         try:
-            with zipfile.ZipFile(visit.deposit_repo_export) as archive:
+            with zipfile.ZipFile(name) as archive:
                 archive.extractall(bare)
-        except (OSError, zipfile.BadZipFile) as exc:
-            raise IcfError(f"{visit.deposit_repo_export}: not a readable deposit ({exc})") from None
+        except Exception as exc:  # zipfile raises many kinds on damaged data
+            raise IcfError(f"{name}: not a readable deposit ({type(exc).__name__}: {exc})") from None
         exported = dict(line.split(" ", 1)[::-1] for line in run_git(
             Path(bare), env, "for-each-ref", "--format=%(objectname) %(refname)").decode().splitlines())
         if exported != {ref: sha for ref, sha in refs.items() if ref.startswith("refs/")}:
-            raise IcfError(f"{visit.deposit_refs}: names other commits than "
-                           f"{visit.deposit_repo_export.name} holds (an interrupted deposit? "
-                           "rerun deposit_visit_dataset --force)")
-        listing = run_git(Path(bare), env, "ls-tree", "-r", "-z", "refs/heads/main").split(b"\0")
-        links = [(entry.split(b"\t", 1)[1].decode("utf-8"), entry.split()[2].decode())
-                 for entry in listing if entry.startswith(b"120000 ")]
-        blobs = run_git(Path(bare), env, "cat-file", "--batch",
-                        input="".join(sha + "\n" for _, sha in links).encode())
-    keys = {}
-    for path, _ in links:
+            raise IcfError(f"{visit.deposit_refs}: names other commits than {name.name} holds "
+                           "(an interrupted deposit? rerun deposit_visit_dataset --force)")
+        return Deposit(*(_branch_files(Path(bare), env, branch) for branch in ("main", "git-annex")))
+
+
+def _branch_files(repo: Path, env: dict[str, str], branch: str) -> dict[str, tuple[str, bytes]]:
+    entries = [entry.split(b"\t", 1) for entry in
+               run_git(repo, env, "ls-tree", "-r", "-z", f"refs/heads/{branch}").split(b"\0") if entry]
+    files = [(path.decode("utf-8", "surrogateescape"), info.split()) for info, path in entries]
+    blobs = run_git(repo, env, "cat-file", "--batch",
+                    input=b"".join(info[2] + b"\n" for _, info in files))
+    contents = {}
+    for path, info in files:
         header, _, blobs = blobs.partition(b"\n")
         size = int(header.split()[2])
-        target, blobs = blobs[:size].decode("utf-8"), blobs[size + 1:]
-        keys[path] = target.rsplit("/", 1)[-1]
-    return keys
+        contents[path] = (info[0].decode(), blobs[:size])
+        blobs = blobs[size + 1:]
+    return contents
 
 
-def deposit_problems(visit: Visit) -> Iterator[str]:
-    """Mismatches between the deposit's annex keys and the metadata JSON:
-    a DICOM or the archive with another key, missing, or not listed."""
+_LOG_KINDS = {".log.web": "URL", ".log.met": "git-annex metadata", ".log": "location log"}
+
+
+def _log_key(branch_path: str) -> str:
+    """The key a git-annex branch file is about (``uuid.log``: ``uuid``)."""
+    name = branch_path.rsplit("/", 1)[-1]
+    suffix = next((suffix for suffix in _LOG_KINDS if name.endswith(suffix)), "")
+    return name[:len(name) - len(suffix)]
+
+
+def deposit_problems(visit: Visit, store_url: str) -> Iterator[str]:
+    """Everything in the deposit that differs from what the metadata JSON,
+    the archive and ``store_url`` give: each annexed file's path and key,
+    the dataset's own files, and every file of the git-annex branch (the
+    archive's URL, each DICOM's archivist locator, each key's metadata and
+    location, the remotes and UUIDs)."""
     try:
-        keys = deposit_keys(visit)
-        expected = {item.path: item.key for item in dataset_files(visit, "file:///")}
+        deposit = read_deposit(visit)
+        files = dataset_files(visit, store_url)
+        timestamp = latest_member_mtime(visit.tarball)
     except IcfError as exc:
         yield str(exc)
         return
     name = visit.deposit_refs.name
-    for path, key in expected.items():
-        found = keys.pop(path, None)
-        if found is None:
-            yield f"{path}: missing from the dataset deposit {name}"
-        elif found != key:
-            yield f"{path}: key {found} in the dataset deposit, but {key} from the metadata"
-    for path in keys:
+    uuids = dataset_uuids(visit)
+    for path, content in dataset_config_files(uuids).items():
+        if deposit.main.pop(path, None) != ("100644", content):
+            yield f"{path}: missing or changed in the dataset deposit {name}"
+    paths_of_key: dict[str, list[str]] = {}
+    reported: set[str] = set()  # keys already named: their git-annex logs differ too
+    for item in files:
+        paths_of_key.setdefault(item.key, []).append(item.path)
+        mode, target = deposit.main.pop(item.path, ("", b""))
+        found_key = target.decode("utf-8", "replace").rsplit("/", 1)[-1]
+        if not mode:
+            reported.add(item.key)
+            yield f"{item.path}: missing from the dataset deposit {name}"
+        elif mode != "120000" or not target.endswith(f"/{item.key}/{item.key}".encode()):
+            reported.update((item.key, found_key))
+            yield f"{item.path}: key {found_key} in the dataset deposit, but {item.key} from the metadata"
+    for path, (_, target) in deposit.main.items():
+        reported.add(target.decode("utf-8", "replace").rsplit("/", 1)[-1])
         yield f"{path}: in the dataset deposit {name}, but not in the metadata"
+    expected = dict(branch_logs(files, uuids, deposit_description(visit), timestamp))
+    for path in [path for path in {*expected, *deposit.annex} if _log_key(path) in reported]:
+        expected.pop(path, None)
+        deposit.annex.pop(path, None)
+    for path, content in expected.items():
+        found = deposit.annex.pop(path, ("", None))[1]
+        if found != content:
+            about = ", ".join(paths_of_key.get(_log_key(path), [path]))
+            what = next((kind for suffix, kind in _LOG_KINDS.items() if path.endswith(suffix)), "record")
+            shown = "missing" if found is None else repr(found.decode("utf-8", "replace").strip()[:200])
+            yield (f"{about}: {what} in the dataset deposit is {shown}, but the metadata and "
+                   f"store URL give {content.decode('utf-8', 'replace').strip()[:200]!r}")
+    for path in deposit.annex:
+        yield f"git-annex branch file {path} in the dataset deposit {name} is not from the metadata"

@@ -14,19 +14,26 @@ The DICOM list streams into its output file (one object per line), so memory
 does not grow with the visit. The two files are committed together: the
 DICOM list first, the tarball file last; the tarball file's presence marks a
 complete set (a lone DICOM list is an interrupted run's, and is replaced).
+
+The later steps and ``verify_visit`` read both files back through
+:func:`read_tarball_record` and :func:`read_dicom_records`, which check
+every field they rely on, so a damaged or hand-edited file is one
+"malformed" line, never a crash deeper down.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from icf import IcfError
-from icf.dicom import NotDicom, read_header
-from icf.output import PartialFile, json_bytes, read_json
+from icf import IcfError, doing
+from icf.dicom import EXPORTED_TAGS, NotDicom, read_header
+from icf.output import PartialFile, json_bytes, read_json, signals_held
 from icf.store import Visit
 from icf.tarball import HashingReader, TarEntry, iter_tar
 
@@ -46,8 +53,67 @@ class MetadataSummary:
 
 
 def read_metadata(path: Path) -> Any:
-    """One of the two JSON files this step writes, read by the later steps."""
+    """One of the two JSON files this step writes, as JSON (unchecked)."""
     return read_json(path, "missing (run deposit_visit_metadata first)")
+
+
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+def _malformed(path: Path, detail: str) -> IcfError:
+    return IcfError(f"{path}: malformed metadata: {detail} "
+                    "(rerun deposit_visit_metadata --force to remake it from the archive)")
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def read_tarball_record(visit: Visit) -> dict[str, Any]:
+    """``<visit>_metadata_tarball.json``, checked: ``size`` a count of
+    bytes, ``md5`` 32 lowercase hex digits, ``dspath`` and ``storepath``
+    strings."""
+    path = visit.metadata_tarball
+    record = read_metadata(path)
+    if not isinstance(record, dict):
+        raise _malformed(path, "not a JSON object")
+    if not _is_size(record.get("size")):
+        raise _malformed(path, "'size' is not a number of bytes")
+    if not isinstance(record.get("md5"), str) or not _MD5.fullmatch(record["md5"]):
+        raise _malformed(path, "'md5' is not an md5 digest")
+    for field in ("dspath", "storepath"):
+        if not isinstance(record.get(field), str):
+            raise _malformed(path, f"{field!r} is not a string")
+    return record
+
+
+def _is_tag_value(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(isinstance(item, str) for item in value)
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def read_dicom_records(visit: Visit) -> list[dict[str, Any]]:
+    """``<visit>_metadata_dicoms.json``, checked: a list of objects, each
+    with a string ``path``, an md5 ``md5``, a ``size`` and every exported
+    tag (a string, an integer or a list of strings)."""
+    path = visit.metadata_dicoms
+    records = read_metadata(path)
+    if not isinstance(records, list):
+        raise _malformed(path, "not a JSON array")
+    for number, record in enumerate(records, 1):
+        problem = (
+            "not a JSON object" if not isinstance(record, dict)
+            else "'path' is not a string" if not isinstance(record.get("path"), str)
+            else "'md5' is not an md5 digest" if not (isinstance(record.get("md5"), str)
+                                                      and _MD5.fullmatch(record["md5"]))
+            else "'size' is not a number of bytes" if not _is_size(record.get("size"))
+            else next((f"tag {tag} is missing or not a string, integer or list of strings"
+                       for tag in EXPORTED_TAGS if not _is_tag_value(record.get(tag))), None)
+        )
+        if problem:
+            raise _malformed(path, f"entry {number}: {problem}")
+    return records
 
 
 def expected_md5(visit: Visit) -> str | None:
@@ -84,8 +150,6 @@ def checked_member_path(entry: TarEntry, top: str, seen: set[str], name: str) ->
 
 def describe_member(read: Callable[[int], bytes]) -> tuple[str, dict | None]:
     """(md5, technical tags or None if not DICOM) of a member's content."""
-    import hashlib
-
     md5 = hashlib.md5()
 
     def hashed(n: int) -> bytes:
@@ -114,8 +178,11 @@ def deposit_metadata(visit: Visit, force: bool = False,
     name = str(visit.tarball)
     members = dicoms = 0
     seen: set[str] = set()
-    with open(visit.tarball, "rb") as raw, PartialFile(visit.metadata_dicoms) as listing, \
-            PartialFile(visit.metadata_tarball) as tarball_json:
+    with doing("reading the archive"):
+        raw = open(visit.tarball, "rb")
+    with raw, PartialFile(visit.metadata_dicoms) as listing, \
+            PartialFile(visit.metadata_tarball) as tarball_json, \
+            doing("reading the archive, writing the metadata", visit.study_dir):
         source = HashingReader(raw)
         out = listing.file
         out.write(b"[")
@@ -139,8 +206,9 @@ def deposit_metadata(visit: Visit, force: bool = False,
             "size": source.size, "md5": digest,
             "dspath": visit.dataset_tar_path, "storepath": visit.store_tar_path,
         }))
-        listing.commit(overwrite=True)
-        tarball_json.commit(overwrite=force)
+        with signals_held():
+            listing.commit(overwrite=True)
+            tarball_json.commit(overwrite=force)
     if members > dicoms:
         log.info("%d of %d files in the archive are not DICOM and are not listed", members - dicoms, members)
     return MetadataSummary(members, dicoms, source.size, digest)

@@ -1,7 +1,7 @@
 """The store's layout: where each file of a visit lives, and the IDs that name them.
 
 Every path the four tools read or write is spelled here, once, as in the
-contract with existing users (``docs/formats.md``)::
+contract with existing users (``docs/formats.rst``)::
 
     <store>/<study>/<visit>_dicom.tar
     <store>/<study>/<visit>_dicom.tar.md5sum
@@ -15,6 +15,8 @@ contract with existing users (``docs/formats.md``)::
 from __future__ import annotations
 
 import re
+import unicodedata
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +89,21 @@ class Visit:
         return self._file("_XDLRA--repo-export")
 
     @property
+    def archive_files(self) -> tuple[Path, Path]:
+        """What step 1 makes."""
+        return self.tarball, self.md5sum
+
+    @property
+    def metadata_files(self) -> tuple[Path, Path]:
+        """What step 2 makes."""
+        return self.metadata_tarball, self.metadata_dicoms
+
+    @property
+    def deposit_files(self) -> tuple[Path, Path]:
+        """What step 3 makes, in the order it puts them in place (``refs`` marks completion)."""
+        return self.deposit_repo_export, self.deposit_refs
+
+    @property
     def catalog_dir(self) -> Path:
         return self.study_dir / "catalog"
 
@@ -109,14 +126,83 @@ class Visit:
         return f"{store_url.rstrip('/')}/{self.store_tar_path}"
 
     def clone_url(self, store_url: str) -> str:
-        """The ``datalad clone`` URL of the visit's dataset deposit."""
+        """The ``datalad clone`` URL of the visit's dataset deposit.
+
+        datalad-next reads it as a query string: it splits at ``&``, stops
+        at ``#``, expands ``{...}`` and percent-decodes each value once
+        before uncurl percent-decodes the URL again. So the store URL is
+        percent-encoded once more inside it (``%20`` becomes ``%2520``;
+        :func:`check_store_url` admits no other character that needs it),
+        and ``{{annex_key}}`` stays the placeholder. The result holds no
+        character that ends a single-quoted shell word.
+        """
+        quoted = urllib.parse.quote(store_url.rstrip("/"), safe=_URL_KEPT)
         return (
             "datalad-annex::?type=external&externaltype=uncurl"
-            f"&url={store_url.rstrip('/')}/{self.study}/{self.visit}_{{{{annex_key}}}}"
+            f"&url={quoted}/{self.study}/{self.visit}_{{{{annex_key}}}}"
             "&encryption=none"
         )
 
 
 def default_store_url(store: Path) -> str:
-    """The ``file://`` URL of a store directory (the default ``--store-url``)."""
+    """The ``file://`` URL of a store directory (the default ``--store-url``),
+    every character outside RFC 3986's unreserved set percent-encoded."""
     return store.resolve().as_uri()
+
+
+#: What a store URL may hold as it is: RFC 3986's unreserved and the
+#: delimiters that are harmless in a clone URL and in a single-quoted shell
+#: word. ``%`` only as an escape (``%XX``).
+_URL_KEPT = "/:@!*()+,=~-._"
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://(?:[A-Za-z0-9/:@!*()+,=~._-]|%[0-9A-Fa-f]{2})*")
+
+
+def check_store_url(value: str) -> str:
+    """Return ``value`` if it can be a store URL, else raise ValueError.
+
+    Refused unless percent-encoded: anything that would break the quoted
+    clone command or the clone URL's query syntax (quotes, backtick, ``$``,
+    ``;``, ``<``, ``>``, ``&``, ``#``, ``?``, ``{``, ``}``, ``\\``,
+    whitespace, control characters, non-ASCII) and a ``%`` that is not an
+    escape. A URL must have a scheme (``https://``, ``file://``).
+    """
+    if not _URL.fullmatch(value):
+        bad = next((c for c in value if not (c.isascii() and (c.isalnum() or c in _URL_KEPT + "%"))),
+                   None)
+        why = (f"character {bad!r} must be percent-encoded" if bad is not None
+               else "need scheme://... with every '%' starting a %XX escape")
+        raise ValueError(f"invalid store URL {value!r}: {why}")
+    return value
+
+
+#: Names git reads as its own (configuration, attributes, submodules):
+#: a dataset cannot hold a file of that name, nor ``.git`` itself.
+_GIT_NAMES = (".git", ".gitmodules", ".gitattributes", ".gitignore", ".mailmap")
+#: Their 8.3 short names on NTFS (``git~1`` and git's hashed forms).
+_GIT_SHORT_NAMES = re.compile(r"(git|gitmod|gi7eba|gitatt|gi7d29|gitign|gi250a|mailma|maba30)~[0-9]")
+#: Characters HFS+ ignores in names (git's ``is_hfs_dotgit``).
+_HFS_IGNORED = dict.fromkeys([*range(0x200C, 0x2010), *range(0x202A, 0x202F),
+                              *range(0x206A, 0x2070), 0xFEFF])
+
+
+def git_refusal(path: str) -> str | None:
+    """Why git would refuse to check out a file at ``path`` (relative,
+    ``/``-separated), or None if it would not.
+
+    Checked per component, the way git's ``verify_path`` does with its
+    NTFS and HFS+ protections on (a clone may land on either): ``.`` and
+    ``..``; an empty component; ``.git``, ``.gitmodules``,
+    ``.gitattributes``, ``.gitignore`` and ``.mailmap`` in any letter case,
+    also with trailing dots or spaces, an NTFS stream suffix (``:...``) or
+    HFS+-ignored characters, and their NTFS short names (``git~1``...).
+    The last four are refused too because git would read the annexed file
+    as its own configuration.
+    """
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            return f"has a {part or 'empty'!r} path component"
+        name = unicodedata.normalize("NFC", part.translate(_HFS_IGNORED)).split(":", 1)[0]
+        name = name.rstrip(". ").casefold()
+        if name in _GIT_NAMES or _GIT_SHORT_NAMES.fullmatch(name):
+            return f"has the component {part!r}, which git keeps for itself"
+    return None
