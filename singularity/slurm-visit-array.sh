@@ -5,7 +5,11 @@
 #
 # VISIT-LIST has one visit per line: STUDY VISIT INPUT-DIR (INPUT-DIR is the
 # rest of the line, relative to the directory sbatch ran in; blank lines and
-# lines starting with # are skipped). Task i (1-based) runs the i-th visit,
+# lines starting with # are skipped). STUDY and VISIT must be IDs (letters,
+# digits, '.', '_' and '-', not starting with '.' or '-'): a task whose line
+# has another fails before running anything. INPUT-DIR is taken literally,
+# whatever characters it holds (but ',' and ':', which a bind cannot hold).
+# Task i (1-based) runs the i-th visit,
 # so N is the number of visits:
 #   grep -cv '^[[:space:]]*\(#\|$\)' VISIT-LIST
 # Each task runs `make ... catalog` for its visit in the container: all steps
@@ -53,12 +57,27 @@ line=$(grep -v '^[[:space:]]*\(#\|$\)' -- "$list" | sed -n "${task}p" || true)
 [ -n "$line" ] || fail "$list has no visit number $task"
 read -r study visit input <<<"$line"
 [ -n "$input" ] || fail "visit $task of $list is not 'STUDY VISIT INPUT-DIR': $line"
+# the IDs as the tools and the Makefile require them (icf.store.ID_PATTERN;
+# the characters spelled out: a range such as A-Z may match more in a locale)
+id_chars=abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-
+check_id() {
+  case $2 in
+    '' | [.-]* | *[!$id_chars]*)
+      fail "visit $task of $list: invalid $1 ID '$2' (letters, digits, '.', '_' and '-', not starting with '.' or '-')" ;;
+  esac
+}
+check_id study "$study"
+check_id visit "$visit"
 input=$(realpath -e -- "$input") || fail "no input directory for $study $visit: $input"
 case "$store$input" in
   *,* | *:*) fail "a bound path cannot contain ',' or ':': $store, $input" ;;
 esac
 
 echo "task $task: study $study visit $visit from $input into $store (make $target)"
+# Each value is one argument VAR=value, never parsed by a shell; the Makefile
+# reads it literally ($(value VAR)) and passes it to the tools through the
+# environment, so a name such as `Study $(x) 2024` stays text. It refuses a
+# STORE that make cannot have in a file name, naming the character.
 exec "$runtime" run --bind "$store:$store,$input:$input" "$image" make \
-  STORE="$store" STUDY="$study" VISIT="$visit" INPUT="$input" \
-  ${ICF_STORE_URL:+STORE_URL="$ICF_STORE_URL"} "$target"
+  "STORE=$store" "STUDY=$study" "VISIT=$visit" "INPUT=$input" \
+  ${ICF_STORE_URL:+"STORE_URL=$ICF_STORE_URL"} "$target"

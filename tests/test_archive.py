@@ -73,7 +73,7 @@ def test_make_demo_from_another_directory(tmp_path):
     for name in ("visit1_metadata_dicoms.json", "visit1_XDLRA--refs", "catalog/index.html",
                  "catalog/visits/visit1.json"):
         assert (study / name).is_file(), name
-    assert f"python3 -m http.server -d {study}/catalog" in result.stdout
+    assert f"python3 -m http.server -d '{study}/catalog'" in result.stdout
     assert f"url=file://{study}/visit1_{{{{annex_key}}}}" in result.stdout
 
 

@@ -99,7 +99,8 @@ def test_study_wide_verify_names_the_damaged_visit(study, tmp_path):
     records = json.loads((copy / STUDY / "v3_metadata_dicoms.json").read_text())
     records[0]["size"] += 1
     (copy / STUDY / "v3_metadata_dicoms.json").write_text(json.dumps(records))
-    result = make(copy, "-k", "verify", check=False)
+    # the deposits name the original store's file:// URL
+    result = make(copy, "-k", f"STORE_URL={study.parent.as_uri()}", "verify", check=False)
     assert result.returncode != 0
     mismatch_lines = [line for line in result.stderr.splitlines() if "mismatch:" in line]
     assert mismatch_lines and all(f"{STUDY}/v3: {records[0]['path']}" in line for line in mismatch_lines)
