@@ -385,3 +385,46 @@ def test_huge_tag_value_is_capped_in_json_and_catalog(tmp_path):
     assert len(description) <= 1024 and "cut" in description
     assert visit.metadata_dicoms.stat().st_size < 4096
     assert (visit.catalog_dir / "visits" / f"{VISIT}.json").stat().st_size < 8192
+
+
+# -- found by an attacker-style review ------------------------------------------
+
+@pytest.mark.parametrize("edit", ["drop HEAD", "junk line", "HEAD elsewhere"])
+def test_verify_checks_the_refs_file_exactly(visit, edit):
+    text = visit.deposit_refs.read_text()
+    text = {"drop HEAD": "".join(line + "\n" for line in text.splitlines() if not line.endswith(" HEAD")),
+            "junk line": text + "garbage line here\n",
+            "HEAD elsewhere": text.replace("@refs/heads/main HEAD", "@refs/heads/git-annex HEAD")}[edit]
+    visit.deposit_refs.write_text(text)
+    assert any(visit.deposit_refs.name in line for line in mismatch_lines(verify(visit)))
+
+
+@pytest.mark.parametrize("target", ["dicoms", "tarball"])
+def test_a_field_added_to_the_metadata_is_a_mismatch(visit, target):
+    path = visit.metadata_dicoms if target == "dicoms" else visit.metadata_tarball
+    edit_json(path, lambda value: (value[0] if isinstance(value, list) else value).update(
+        {"PatientName": "Doe^John"}))
+    assert any("malformed" in line and "PatientName" in line for line in mismatch_lines(verify(visit)))
+
+
+def test_a_pax_size_of_thousands_of_digits_is_corruption(tmp_path):
+    import tarfile
+
+    from icf import IcfError
+    from icf.tarball import latest_member_mtime
+
+    def header(name: str, size: int, kind: bytes = b"0") -> bytes:
+        info = tarfile.TarInfo(name)
+        info.size, info.type, info.mtime = size, kind, 1000
+        return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+    body = b"size=" + b"1" * 5000 + b"\n"
+    length = len(body) + 1
+    while len(str(length).encode() + b" " + body) != length:
+        length = len(str(length).encode() + b" " + body)
+    pax = str(length).encode() + b" " + body
+    tar = tmp_path / "x.tar"
+    tar.write_bytes(header("PaxHeader/x", len(pax), b"x") + pax + bytes(-len(pax) % 512)
+                    + header("s_v/a", 1) + b"x" + bytes(511) + bytes(1024))
+    with pytest.raises(IcfError, match="archive corrupted"):
+        latest_member_mtime(tar)

@@ -113,14 +113,18 @@ def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], st
     or environment gives a traceback. ``outputs(args)`` lists the files the
     script makes; after a signal, the message says which of them changed.
     """
-    args = parser.parse_args()
+    for signum in HELD_SIGNALS:
+        signal.signal(signum, _raise_interrupted)
+    try:
+        args = parser.parse_args()
+    except Interrupted as exc:
+        _fail(parser.prog, f"interrupted by {signal.Signals(exc.signum).name}, nothing written",
+              128 + exc.signum, prefix="")
     logging.basicConfig(
         format=f"{parser.prog}: %(message)s",
         level=logging.WARNING if args.quiet else logging.INFO,
         stream=sys.stderr,
     )
-    for signum in HELD_SIGNALS:
-        signal.signal(signum, _raise_interrupted)
     started = time.monotonic()
     before = {path: _state(path) for path in outputs(args)}
     try:

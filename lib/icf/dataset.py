@@ -93,13 +93,15 @@ import hashlib
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from icf import IcfError, doing
 from icf.dicom import EXPORTED_TAGS
@@ -271,15 +273,41 @@ def isolated_git_env(**settings: str) -> dict[str, str]:
     return env
 
 
+@contextmanager
+def git_process(repo: Path, env: dict[str, str], args: list[str], **popen: Any) -> Iterator[subprocess.Popen]:
+    """``git <args>`` started in a process group of its own, which is killed
+    whole if the block is left by an exception (a signal, an error): git-annex
+    and the remote helpers it starts never outlive the run or keep writing
+    into a build directory being removed."""
+    process = subprocess.Popen(["git", *args], cwd=repo, env=env, start_new_session=True, **popen)
+    try:
+        yield process
+    except BaseException:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        raise
+    finally:
+        for stream in (process.stdin, process.stdout, process.stderr):
+            try:
+                if stream:
+                    stream.close()
+            except OSError:  # a pipe the killed or failed process no longer reads
+                pass
+        process.wait()
+
+
 def run_git(repo: Path, env: dict[str, str], *args: str, input: bytes | None = None) -> bytes:
     """``git <args>`` in ``repo``; its output, or IcfError with git's last error line."""
-    result = subprocess.run(["git", *args], cwd=repo, env=env, input=input,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if result.returncode != 0:
-        message = result.stderr.decode("utf-8", "replace").strip().splitlines()
+    with git_process(repo, env, list(args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE) as process:
+        out, err = process.communicate(input)
+    if process.returncode != 0:
+        message = err.decode("utf-8", "replace").strip().splitlines()
         raise IcfError(f"{repo}: git {args[0]} {args[1] if len(args) > 1 else ''} failed: "
-                       f"{message[-1] if message else result.returncode}")
-    return result.stdout
+                       f"{message[-1] if message else process.returncode}")
+    return out
 
 
 class Builder:
@@ -325,10 +353,9 @@ class Builder:
         git-annex branch; streamed into one ``git fast-import`` as generated."""
         name, email = IDENTITY
         who = f"{name} <{email}> {self.timestamp} +0000"
-        with tempfile.TemporaryFile() as errors:
-            process = subprocess.Popen(["git", "fast-import", "--quiet", "--done"], cwd=self.repo,
-                                       env=self.env, stdin=subprocess.PIPE,
-                                       stdout=subprocess.DEVNULL, stderr=errors)
+        with tempfile.TemporaryFile() as errors, \
+                git_process(self.repo, self.env, ["fast-import", "--quiet", "--done"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors) as process:
             stream = process.stdin
 
             def data(payload: bytes) -> None:
@@ -352,11 +379,7 @@ class Builder:
                 stream.close()
             except BrokenPipeError:
                 pass  # fast-import stopped early: its exit status and message tell why
-            except BaseException:  # interrupted: fast-import would wait for input forever
-                process.kill()
-                raise
-            finally:
-                process.wait()
+            process.wait()
             if process.returncode != 0:
                 errors.seek(0)
                 message_lines = errors.read().decode("utf-8", "replace").strip().splitlines()
@@ -497,10 +520,20 @@ def read_deposit(visit: Visit) -> Deposit:
             raise IcfError(f"{name}: not a readable deposit ({type(exc).__name__}: {exc})") from None
         exported = dict(line.split(" ", 1)[::-1] for line in run_git(
             Path(bare), env, "for-each-ref", "--format=%(objectname) %(refname)").decode().splitlines())
-        if exported != {ref: sha for ref, sha in refs.items() if ref.startswith("refs/")}:
+        if {**exported, "HEAD": "@refs/heads/main"} != refs or text != _refs_text(refs):
             raise IcfError(f"{visit.deposit_refs}: names other commits than {name.name} holds "
                            "(an interrupted deposit? rerun deposit_visit_dataset --force)")
-        return Deposit(*(_branch_files(Path(bare), env, branch) for branch in ("main", "git-annex")))
+        try:
+            return Deposit(*(_branch_files(Path(bare), env, branch) for branch in ("main", "git-annex")))
+        except IcfError as exc:
+            raise IcfError(f"{name}: not a readable deposit ({str(exc).replace(bare, '<repo>')})") from None
+
+
+def _refs_text(refs: dict[str, str]) -> str:
+    """``XDLRA--refs`` as datalad-annex writes it: ``<sha> <ref>`` lines
+    sorted by ref, then ``@refs/heads/main HEAD``, no trailing newline."""
+    lines = [f"{sha} {ref}" for ref, sha in sorted(refs.items()) if ref != "HEAD"]
+    return "".join(line + "\n" for line in [*lines, f"{refs.get('HEAD')} HEAD"])
 
 
 def _branch_files(repo: Path, env: dict[str, str], branch: str) -> dict[str, tuple[str, bytes]]:
@@ -512,7 +545,10 @@ def _branch_files(repo: Path, env: dict[str, str], branch: str) -> dict[str, tup
     contents = {}
     for path, info in files:
         header, _, blobs = blobs.partition(b"\n")
-        size = int(header.split()[2])
+        fields = header.split()
+        if len(fields) != 3 or fields[1] != b"blob" or not fields[2].isdigit() or len(fields[2]) > 12:
+            raise IcfError(f"{repo}: {branch}: {path!r} is not a file ({header[:80]!r})")
+        size = int(fields[2])
         contents[path] = (info[0].decode(), blobs[:size])
         blobs = blobs[size + 1:]
     return contents

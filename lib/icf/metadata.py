@@ -58,6 +58,9 @@ def read_metadata(path: Path) -> Any:
 
 
 _MD5 = re.compile(r"[0-9a-f]{32}")
+#: The fields of each file, exactly: nothing else may leave the archive.
+TARBALL_FIELDS = ("size", "md5", "dspath", "storepath")
+DICOM_FIELDS = ("path", "md5", "size", *EXPORTED_TAGS)
 
 
 def _malformed(path: Path, detail: str) -> IcfError:
@@ -70,13 +73,15 @@ def _is_size(value: Any) -> bool:
 
 
 def read_tarball_record(visit: Visit) -> dict[str, Any]:
-    """``<visit>_metadata_tarball.json``, checked: ``size`` a count of
-    bytes, ``md5`` 32 lowercase hex digits, ``dspath`` and ``storepath``
+    """``<visit>_metadata_tarball.json``, checked: exactly
+    :data:`TARBALL_FIELDS`, ``size`` a count of bytes, ``md5`` 32 lowercase hex digits, ``dspath`` and ``storepath``
     strings."""
     path = visit.metadata_tarball
     record = read_metadata(path)
     if not isinstance(record, dict):
         raise _malformed(path, "not a JSON object")
+    if set(record) != set(TARBALL_FIELDS):
+        raise _malformed(path, f"fields {sorted(record)}, not {list(TARBALL_FIELDS)}")
     if not _is_size(record.get("size")):
         raise _malformed(path, "'size' is not a number of bytes")
     if not isinstance(record.get("md5"), str) or not _MD5.fullmatch(record["md5"]):
@@ -95,7 +100,7 @@ def _is_tag_value(value: Any) -> bool:
 
 def read_dicom_records(visit: Visit) -> list[dict[str, Any]]:
     """``<visit>_metadata_dicoms.json``, checked: a list of objects, each
-    with a string ``path``, an md5 ``md5``, a ``size`` and every exported
+    with exactly :data:`DICOM_FIELDS`: a string ``path``, an md5 ``md5``, a ``size`` and every exported
     tag (a string, an integer or a list of strings)."""
     path = visit.metadata_dicoms
     records = read_metadata(path)
@@ -104,6 +109,7 @@ def read_dicom_records(visit: Visit) -> list[dict[str, Any]]:
     for number, record in enumerate(records, 1):
         problem = (
             "not a JSON object" if not isinstance(record, dict)
+            else f"fields {sorted(record)}, not {list(DICOM_FIELDS)}" if set(record) != set(DICOM_FIELDS)
             else "'path' is not a string" if not isinstance(record.get("path"), str)
             else "'md5' is not an md5 digest" if not (isinstance(record.get("md5"), str)
                                                       and _MD5.fullmatch(record["md5"]))

@@ -543,6 +543,6 @@ def _pax_records(data: bytes, name: str, at: int) -> dict[bytes, bytes]:
 
 
 def _pax_size(value: bytes, name: str, at: int) -> int:
-    if not value.isdigit():
+    if not value.isdigit() or len(value) > 20:  # 20 digits: far beyond any file (and int()'s limit)
         raise _corrupted(name, f"size record of the pax header at byte {at} is not a number of bytes")
     return int(value)
