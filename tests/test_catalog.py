@@ -263,14 +263,20 @@ def test_missing_metadata_is_one_line_error(tmp_path):
 def test_no_phi_reaches_the_catalog(tmp_path):
     """Only the six whitelisted tags, sizes and counts may leave the JSON.
 
-    The input carries PHI in non-whitelisted fields and in member paths (which
-    the contract allows in the JSON, not in the catalog): none of it may appear
-    in any file of the catalog, and no md5 either.
+    A JSON carrying PHI in non-whitelisted fields is refused as malformed
+    (nothing of it reaches a catalog); PHI in member paths (which the
+    contract allows in the JSON, not in the catalog) must not appear in any
+    file of the catalog, and no md5 either.
     """
     store = tmp_path / "store"
     phi = {"PatientName": "Doe^Jane^Q", "PatientID": "PID-8675309",
            "PatientBirthDate": "19451231", "InstitutionName": "St. Secret Hospital"}
     v = write_visit_metadata(store, STUDY, "visit-a", extra=phi)
+    refused = subprocess.run([sys.executable, str(SCRIPT), "-o", str(store), "--id", STUDY, "visit-a"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "malformed metadata" in refused.stderr, refused.stderr
+    assert "PatientName" in refused.stderr and not (store / STUDY / "catalog").exists()
+    v = write_visit_metadata(store, STUDY, "visit-a")
     entries = json.loads(v.metadata_dicoms.read_text())
     for e in entries:
         e["path"] = e["path"].replace("/s", "/Doe_Jane_PID-8675309/s")
