@@ -22,9 +22,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "lib"))
 sys.path.insert(0, str(HERE))
 
+from test_catalog import SCRIPT, STUDY, write_visit_metadata  # noqa: E402
+
 from icf.catalog import catalogify  # noqa: E402
 from icf.store import Visit, default_store_url  # noqa: E402
-from test_catalog import SCRIPT, STUDY, write_visit_metadata  # noqa: E402
 
 LIMIT = 2.0
 SERIES_PER_VISIT = 20

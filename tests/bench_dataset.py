@@ -26,8 +26,6 @@ from measure import measure
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "bench-work"
 STUDY, VISIT = "bench", "v1"
-TAGS = ("SeriesDescription", "SeriesNumber", "Modality", "MRAcquisitionType",
-        "ProtocolName", "PulseSequenceName")
 
 
 def synthetic_store(files: int) -> Path:

@@ -107,7 +107,8 @@ class Chromium:
         self._next_id = 0
         self._events: list[dict] = []
         page = next(t for t in self.send("Target.getTargets")["targetInfos"] if t["type"] == "page")
-        self._session = self.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+        self._session = self.send("Target.attachToTarget", targetId=page["targetId"],
+                                  flatten=True)["sessionId"]
         self.page("Page.enable")
         self.page("Network.enable")
         self.page("Runtime.enable")

@@ -15,7 +15,7 @@ class Measured:
     peak_rss_mb: float
 
 
-def measure(command: list, **kwargs) -> Measured:
+def measure(command: list) -> Measured:
     """Run ``command``; its peak RSS is its own VmHWM, sampled every 5 ms.
 
     (rusage would count the memory of this process too, which a child shares
@@ -23,7 +23,7 @@ def measure(command: list, **kwargs) -> Measured:
     """
     started = time.perf_counter()
     proc = subprocess.Popen([str(c) for c in command], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, **kwargs)
+                            stderr=subprocess.DEVNULL)
     peak_kb = 0
     while proc.poll() is None:
         try:

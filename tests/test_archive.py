@@ -60,6 +60,7 @@ def test_repository_shape_and_pinned_requirements():
     assert "make test" in (REPO / ".ci/run").read_text()
 
 
+@pytest.mark.slow
 def test_make_demo_from_another_directory(tmp_path):
     result = subprocess.run(["make", "-f", REPO / "Makefile", "demo"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=600)
@@ -425,6 +426,7 @@ def big_input(path: Path, files: int = 400) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_nothing_or_a_verified_archive_and_rerun_is_identical(tmp_path):
     src = big_input(tmp_path / "in")
     reference = tmp_path / "ref"
@@ -449,7 +451,8 @@ def test_kill_9_leaves_nothing_or_a_verified_archive_and_rerun_is_identical(tmp_
             result = archive(store, src)
             assert result.returncode == 0, result.stderr
             assert tar.read_bytes() == ref_bytes
-        assert sorted(p.name for p in (store / "study").iterdir()) == ["visit_dicom.tar", "visit_dicom.tar.md5sum"]
+        assert sorted(p.name for p in (store / "study").iterdir()) == \
+            ["visit_dicom.tar", "visit_dicom.tar.md5sum"]
     assert "nothing" in outcomes  # the kill did land mid-run at least once
 
 
@@ -474,7 +477,8 @@ def test_summary_quiet_and_exit_codes(store):
                      result.stderr)
     quiet = run_tool("make_studyvisit_archive", "-q", "-o", store, "--id", "study", "v2", SAMPLE_VISIT)
     assert quiet.returncode == 0
-    assert [line.split(":")[1] for line in quiet.stderr.splitlines()] == [" 2 of 14 files have no usable DICOM timestamp; they get the latest one, 2014-04-25 15"]
+    assert [line.split(":")[1] for line in quiet.stderr.splitlines()] == \
+        [" 2 of 14 files have no usable DICOM timestamp; they get the latest one, 2014-04-25 15"]
 
 
 def test_progress_bar_only_on_a_terminal(store):

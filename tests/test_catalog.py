@@ -1,6 +1,6 @@
 """Step 4: catalogify_studyvisit_from_meta (the study catalog).
 
-Inputs are the two metadata JSON files of formats.md, written here by
+Inputs are the two metadata JSON files of docs/formats.rst, written here by
 :func:`write_visit_metadata` (swap it for the shared steps-1/2 fixture when
 there is one). Everything else is real: the script, datalad-catalog, a
 threaded HTTP server on 127.0.0.1 and a headless Chromium.
@@ -21,10 +21,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from browser import Chromium, chromium_or_skip, non_local, serve  # noqa: E402
 from conftest import make_dicom, run_tool  # noqa: E402
+
 from icf import IcfError  # noqa: E402
 from icf.catalog import (  # noqa: E402
-    DATASET_VERSION, human_size, offline_index, remote_refs, series_of, study_id, visit_id,
+    DATASET_VERSION,
+    human_size,
+    offline_index,
+    remote_refs,
+    series_of,
+    study_id,
+    visit_id,
 )
+from icf.dicom import EXPORTED_TAGS  # noqa: E402
+from icf.records import DicomRecord  # noqa: E402
 from icf.store import Visit, default_store_url  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent.parent / "bin" / "catalogify_studyvisit_from_meta"
@@ -41,7 +50,7 @@ SERIES = [
 
 def write_visit_metadata(store: Path, study: str, visit: str, series=SERIES,
                          tar_size: int = 123_456_789, extra: dict | None = None) -> Visit:
-    """Write ``<visit>_metadata_tarball.json`` and ``_metadata_dicoms.json`` per formats.md.
+    """Write ``<visit>_metadata_tarball.json`` and ``_metadata_dicoms.json`` per docs/formats.rst.
 
     ``extra`` adds fields to every DICOM entry (to smuggle PHI in).
     """
@@ -57,6 +66,7 @@ def write_visit_metadata(store: Path, study: str, visit: str, series=SERIES,
             entries.append({
                 "path": f"{v.archive_top}/s{number}/{i:04d}.dcm",
                 "md5": f"{i:032x}", "size": 1000 + i,
+                **dict.fromkeys(EXPORTED_TAGS, ""),
                 "SeriesDescription": description, "SeriesNumber": number,
                 "Modality": modality, "MRAcquisitionType": acq,
                 "ProtocolName": protocol, "PulseSequenceName": pulse,
@@ -111,7 +121,9 @@ def test_series_grouped_by_all_tags_and_sorted_by_number():
         {"SeriesNumber": 10, "SeriesDescription": "other", "ProtocolName": "p", "Modality": "MR",
          "MRAcquisitionType": "2D", "PulseSequenceName": ""},
     ]
-    got = [(s.number, s.description, s.acquisition_type, s.images) for s in series_of(dicoms)]
+    records = [DicomRecord(f"t/{i}", "0" * 32, 1, tags) for i, tags in enumerate(dicoms)]
+    got = [(row["series number"], row["series description"], row["MR acquisition type"],
+            row["number of images"]) for row in (s.row() for s in series_of(records))]
     assert got == [("2", "a", "2D, 3D", 1), ("10", "b", "2D", 2), ("10", "other", "2D", 1),
                    ("", "c", "", 1)]
 
@@ -142,7 +154,9 @@ def test_visit_and_study_records(tmp_path):
     rec = visit_rec(store, "visit-a")
     assert rec["name"] == "visit-a" and rec["dataset_version"] == DATASET_VERSION
     assert rec["url"] == v.clone_url("https://data.example.org/store")
-    assert rec["keywords"] == ["MR", "SR", "fmri_task", "t1_mprage"]
+    # every distinct text value of an exported tag is a keyword
+    assert rec["keywords"] == ["2D", "3D", "MR", "SR", "T1w MPRAGE", "epfid2d1_64", "fmri_task",
+                               "func run 1", "phoenix report", "t1_mprage", "tfl3d1_16ns"]
     assert rec["top_display"] == [
         {"name": "TAR size", "value": "117.7 MiB"},
         {"name": "DICOM files", "value": 6},
@@ -175,6 +189,7 @@ def test_default_store_url_is_the_store_directory(tmp_path):
     assert visit_rec(store, "visit-a")["url"] == v.clone_url(default_store_url(store))
 
 
+@pytest.mark.slow
 def test_rerun_is_idempotent_and_updates_replace(tmp_path):
     store = tmp_path / "store"
     catalog = store / STUDY / "catalog"
@@ -193,7 +208,7 @@ def test_rerun_is_idempotent_and_updates_replace(tmp_path):
     for _ in range(2):
         catalogify(store, "visit-a")
     rec = visit_rec(store, "visit-a")
-    assert rec["keywords"] == ["MR", "dti"]
+    assert rec["keywords"] == ["2D", "MR", "dti", "dwi", "ep_b"]
     assert rec["top_display"] == [{"name": "TAR size", "value": "2.0 KiB"},
                                   {"name": "DICOM files", "value": 4},
                                   {"name": "Series", "value": 1}]
@@ -201,7 +216,7 @@ def test_rerun_is_idempotent_and_updates_replace(tmp_path):
     assert len(rec["additional_display"]) == 1
     assert rec["metadata_sources"]["sources"] == [{"source_name": "icf-utils", "source_version": "1"}]
     # keywords that became empty do not survive either
-    write_visit_metadata(store, STUDY, "visit-a", series=[(7, "x", "", "", "", "", 1)])
+    write_visit_metadata(store, STUDY, "visit-a", series=[(7, "", "", "", "", "", 1)])
     catalogify(store, "visit-a")
     assert "keywords" not in visit_rec(store, "visit-a")
 
@@ -211,6 +226,7 @@ def test_rerun_is_idempotent_and_updates_replace(tmp_path):
     assert len(records(catalog)) == 3
 
 
+@pytest.mark.slow
 def test_parallel_runs_lose_no_visit(tmp_path):
     store = tmp_path / "store"
     visits = [f"visit-{i}" for i in range(6)]
@@ -318,6 +334,7 @@ def test_no_phi_from_real_dicoms_through_steps_1_2_4(tmp_path):
 
 # -- in a real browser, offline -------------------------------------------------------
 
+@pytest.mark.slow
 def test_catalog_renders_offline_in_chromium(tmp_path):
     executable = chromium_or_skip()
     store = tmp_path / "store"

@@ -256,6 +256,7 @@ def slurm_env(tmp_path) -> dict[str, str]:
             "MOCK_LOG": str(tmp_path / "argv")}
 
 
+@pytest.mark.slow
 def test_slurm_array_runs_one_visit_per_task(slurm_env, tmp_path):
     submit, store = Path(slurm_env["SLURM_SUBMIT_DIR"]), Path(slurm_env["ICF_STORE"])
     tasks = [subprocess.Popen(["bash", str(SLURM_SCRIPT), "visits.txt"], cwd=submit,

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import SAMPLE_VISIT, make_dicom, run_tool
-from icf.dataset import annex_key, key_extension
+
+from icf.annex import annex_key, key_extension
 from icf.store import Visit
 
 VENV_BIN = Path(sys.executable).parent
@@ -100,6 +100,7 @@ def deposited(tmp_path_factory):
     return visit, home
 
 
+@pytest.mark.slow
 def test_leaves_exactly_the_two_files_and_touches_no_config(deposited):
     visit, home = deposited
     assert study_listing(visit) == sorted([
@@ -111,6 +112,7 @@ def test_leaves_exactly_the_two_files_and_touches_no_config(deposited):
     assert "refs/heads/main" in refs and "refs/heads/git-annex" in refs
 
 
+@pytest.mark.slow
 def test_clone_get_metadata_view_fsck(deposited, tmp_path):
     visit, _ = deposited
     env = user_env(tmp_path / "home")
@@ -143,6 +145,7 @@ def test_clone_get_metadata_view_fsck(deposited, tmp_path):
     assert viewed == {(r["ProtocolName"], str(r["SeriesNumber"])) for r in records}
 
 
+@pytest.mark.slow
 def test_deterministic_refs(deposited, tmp_path):
     """A second build elsewhere, same inputs and store URL, a user's git
     configuration that sets other key settings: same refs."""
@@ -162,6 +165,7 @@ def test_deterministic_refs(deposited, tmp_path):
     assert other.deposit_refs.read_bytes() == visit.deposit_refs.read_bytes()
 
 
+@pytest.mark.slow
 def test_existing_deposit_needs_force_and_leftovers_go(tmp_path):
     visit = visit_store(tmp_path / "store")
     env = clean_env(tmp_path / "home")
@@ -179,6 +183,7 @@ def test_existing_deposit_needs_force_and_leftovers_go(tmp_path):
     assert not [n for n in study_listing(visit) if n.startswith(".")]
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_previous_deposit(tmp_path):
     visit = visit_store(tmp_path / "store")
     env = clean_env(tmp_path / "home")
@@ -199,6 +204,7 @@ def test_killed_run_leaves_previous_deposit(tmp_path):
     assert not [n for n in study_listing(visit) if n.startswith(".")]
 
 
+@pytest.mark.slow
 def test_crash_between_the_two_renames_still_clones_and_is_reported(deposited, tmp_path):
     """kill -9 between the two renames leaves the new repo-export beside
     the previous refs: built here with real runs (the new deposit differs by
@@ -239,6 +245,7 @@ def test_keys_match_git_annex_calckey(tmp_path, name):
     assert annex_key(hashlib.md5(b"content\n").hexdigest(), 8, f"top/{name}") == expected, key_extension(name)
 
 
+@pytest.mark.slow
 def test_git_annex_branch_matches_batch_commands(deposited, tmp_path):
     """The logs written directly equal what git-annex's own commands write."""
     visit, _ = deposited
@@ -306,6 +313,7 @@ def odd_input(directory: Path, names: list[str]) -> Path:
     return directory
 
 
+@pytest.mark.slow
 def test_odd_paths_work_end_to_end(tmp_path):
     visit = visit_store(tmp_path / "store", odd_input(tmp_path / "input", ODD_NAMES))
     result = deposit(visit, env=clean_env(tmp_path / "home"))
@@ -383,6 +391,7 @@ def credential_env(home: Path, base_url: str, user: str, secret: str) -> dict:
                      DATALAD_CREDENTIAL_ICF_TYPE="user_password")
 
 
+@pytest.mark.slow
 def test_http_basic_auth(http_store, tmp_path):
     store, base_url = http_store
     visit = visit_store(store)

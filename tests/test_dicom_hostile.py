@@ -15,12 +15,20 @@ import warnings
 import zlib
 
 import pytest
-
 from conftest import REPO, SAMPLE_DICOMS, make_dicom
 
 from icf.dicom import (
-    ALL_TAGS, CUT_MARKER, HEADER_LIMIT, MAX_VALUE_CHARS, TIMESTAMP_TAGS, DicomHeader, NotDicom,
-    _parse, _Truncated, read_file_header, read_header,
+    CUT_MARKER,
+    HEADER_LIMIT,
+    MAX_VALUE_CHARS,
+    TIMESTAMP_TAGS,
+    DicomHeader,
+    NotDicom,
+    _parse,
+    _Truncated,
+    all_tags,
+    read_file_header,
+    read_header,
 )
 
 EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
@@ -34,7 +42,8 @@ HANG_GUARD = 30
 
 # -- crafting bytes by hand --------------------------------------------------
 
-def element(tag: int, vr: bytes, value: bytes = b"", *, length: int | None = None, implicit: bool = False) -> bytes:
+def element(tag: int, vr: bytes, value: bytes = b"", *, length: int | None = None,
+            implicit: bool = False) -> bytes:
     """One little-endian element; ``length`` overrides the value's (e.g. undefined)."""
     length = len(value) if length is None else length
     if implicit or tag >> 16 == 0xFFFE:
@@ -57,7 +66,8 @@ def part10(data_set: bytes, syntax: str = EXPLICIT_LE) -> bytes:
 def nest(depth: int, *, implicit: bool = False, inner: bytes = b"") -> bytes:
     """``depth`` sequences of undefined length, each in an item of undefined
     length of the one before, around ``inner``."""
-    opening = element(0x00081032, b"SQ", length=UNDEFINED, implicit=implicit) + element(ITEM, b"", length=UNDEFINED)
+    opening = (element(0x00081032, b"SQ", length=UNDEFINED, implicit=implicit)
+               + element(ITEM, b"", length=UNDEFINED))
     closing = element(ITEM_END, b"") + element(SEQUENCE_END, b"")
     return opening * depth + inner + closing * depth
 
@@ -67,7 +77,7 @@ def deflate(data: bytes) -> bytes:
     return compressor.compress(data) + compressor.flush()
 
 
-def outcome(data: bytes, wanted=ALL_TAGS) -> DicomHeader | None:
+def outcome(data: bytes, wanted: frozenset[int] | None = None) -> DicomHeader | None:
     """The header of ``data`` as a whole file, None if not DICOM; any other
     error fails the test. What is exported from a header must not fail either."""
     try:
@@ -82,17 +92,15 @@ def outcome(data: bytes, wanted=ALL_TAGS) -> DicomHeader | None:
 
 
 CHILD = r"""
-import json, resource, sys, time
+import json, resource, sys
 sys.path.insert(0, sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # a regression fails, not the machine
 from icf.dicom import NotDicom, read_file_header
-start = time.monotonic()
 try:
     header = read_file_header(sys.argv[2])
     result = {"tags": header.technical_tags(), "timestamp": header.timestamp()}
 except NotDicom as exc:
     result = {"not_dicom": str(exc)}
-result["seconds"] = time.monotonic() - start
 # VmHWM, not ru_maxrss: the latter keeps the peak of the forking pytest process
 with open("/proc/self/status") as status:
     result["max_rss_kib"] = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
@@ -101,7 +109,8 @@ print(json.dumps(result))
 
 
 def read_in_child(path) -> dict:
-    """Read ``path``'s header in a fresh Python: its outcome, time and peak RSS."""
+    """Read ``path``'s header in a fresh Python: its outcome and peak RSS (a
+    hung walk is stopped by the timeout)."""
     result = subprocess.run([sys.executable, "-c", CHILD, str(REPO / "lib"), str(path)],
                             capture_output=True, text=True, timeout=2 * HANG_GUARD)
     assert result.returncode == 0, result.stderr
@@ -141,7 +150,6 @@ def test_a_deflate_bomb_is_inflated_only_up_to_the_limit(tmp_path, inside):
     assert path.stat().st_size < 2 << 20
     result = read_in_child(path)
     assert result["max_rss_kib"] < 100 * 1024, result
-    assert result["seconds"] < HANG_GUARD, result
     if inside == "value":
         assert result["tags"]["Modality"] == "MR" and result["timestamp"] == STUDY_TIMESTAMP, result
     else:
@@ -197,11 +205,11 @@ def test_a_dicom_cut_at_any_byte_is_dicom_with_the_tags_found_or_not_dicom(layou
     previous: dict = {}
     headers = 0
     for cut in range(header_length(data) + 1):
-        for wanted in (ALL_TAGS, TIMESTAMP_TAGS):
+        for wanted in (all_tags(), TIMESTAMP_TAGS):
             header = outcome(data[:cut], wanted)
             found = header.elements if header else {}
             assert all(full.elements[tag] == value for tag, value in found.items()), cut
-            if wanted is ALL_TAGS:
+            if wanted != TIMESTAMP_TAGS:
                 headers += header is not None
                 if layout != "bare":
                     assert found.keys() >= previous.keys(), cut
@@ -217,7 +225,7 @@ def test_a_cut_header_with_more_bytes_to_come_asks_for_them():
     data = sample_bytes("part10")
     for cut in range(header_length(data) + 1):
         try:
-            _parse(data[:cut], ALL_TAGS, False)
+            _parse(data[:cut], all_tags(), False)
         except (NotDicom, _Truncated):
             pass
 
@@ -244,7 +252,8 @@ def test_random_element_soup_is_a_header_or_not_dicom():
     for _ in range(3000):
         soup = b"".join(
             element(rng.choice(tags), rng.choice(vrs), random_bytes(rng, rng.randrange(6)),
-                    length=rng.choice([None, None, UNDEFINED, rng.randrange(12)]), implicit=rng.random() < 0.3)
+                    length=rng.choice([None, None, UNDEFINED, rng.randrange(12)]),
+                    implicit=rng.random() < 0.3)
             for _ in range(rng.randrange(1, 25)))
         layout = rng.randrange(3)
         if layout == 0:
@@ -274,11 +283,14 @@ def test_sequences_nested_5000_deep_are_stepped_over(layout):
     UN element of undefined length nesting 5,000 more in implicit VR."""
     implicit = layout == "implicit"
     data_set = (
-        text(0x00080005, b"CS", "ISO_IR 100", implicit=implicit) + text(0x00080020, b"DA", "20240102", implicit=implicit)
-        + text(0x00080030, b"TM", "030405", implicit=implicit) + text(0x00080060, b"CS", "MR", implicit=implicit)
+        text(0x00080005, b"CS", "ISO_IR 100", implicit=implicit)
+        + text(0x00080020, b"DA", "20240102", implicit=implicit)
+        + text(0x00080030, b"TM", "030405", implicit=implicit)
+        + text(0x00080060, b"CS", "MR", implicit=implicit)
         + nest(5000, implicit=implicit, inner=text(0x0008103E, b"LO", "deep inside", implicit=implicit))
         + text(0x0008103E, b"LO", "after the nest", implicit=implicit)
-        + element(0x00091010, b"UN", length=UNDEFINED, implicit=implicit) + element(ITEM, b"", length=UNDEFINED)
+        + element(0x00091010, b"UN", length=UNDEFINED, implicit=implicit)
+        + element(ITEM, b"", length=UNDEFINED)
         + nest(5000, implicit=True, inner=text(0x0008103E, b"LO", "deep inside", implicit=True))
         + element(ITEM_END, b"") + element(SEQUENCE_END, b"")
         + text(0x00180023, b"CS", "3D", implicit=implicit) + text(0x00200011, b"IS", "7", implicit=implicit)
@@ -291,12 +303,13 @@ def test_sequences_nested_5000_deep_are_stepped_over(layout):
     assert header.timestamp() == STUDY_TIMESTAMP
 
 
+@pytest.mark.slow
 def test_nesting_all_the_way_to_the_limit_keeps_what_was_found_before(tmp_path):
     levels = HEADER_LIMIT // 20 + 100  # 20 bytes a level: never closed within the limit
     path = tmp_path / "deep.dcm"
     path.write_bytes(part10(WANTED_FIRST + nest(levels)[: levels * 20]))
     result = read_in_child(path)
-    assert result["tags"]["Modality"] == "MR" and result["seconds"] < HANG_GUARD, result
+    assert result["tags"]["Modality"] == "MR", result
 
 
 # -- 4: bytes read and time ------------------------------------------------------
@@ -316,6 +329,7 @@ def test_reading_stops_at_the_limit():
 
 @pytest.mark.parametrize("case", ["tiny explicit elements", "tiny implicit elements",
                                   "tiny items", "a long value then wanted tags"])
+@pytest.mark.slow
 def test_a_header_as_long_as_the_limit_is_read_in_bounded_time(tmp_path, case):
     """The worst cases for the walk: the most elements HEADER_LIMIT can hold
     (8 bytes each), walked again as more bytes come; or wanted tags right
@@ -324,16 +338,17 @@ def test_a_header_as_long_as_the_limit_is_read_in_bounded_time(tmp_path, case):
     data = {
         "tiny explicit elements": lambda: part10(WANTED_FIRST + element(0x00080070, b"LO") * count),
         "tiny implicit elements": lambda: part10(text(0x00080060, b"CS", "MR", implicit=True)
-                                                 + element(0x00080070, b"", implicit=True) * count, IMPLICIT_LE),
+                                                 + element(0x00080070, b"", implicit=True) * count,
+                                                 IMPLICIT_LE),
         "tiny items": lambda: part10(WANTED_FIRST + element(0x00081032, b"SQ", length=UNDEFINED)
                                      + element(ITEM, b"", length=0) * count),
-        "a long value then wanted tags": lambda: part10(WANTED_FIRST + element(0x00081000, b"OB", bytes(HEADER_LIMIT - 2000))
-                                                        + WANTED_LAST),
+        "a long value then wanted tags": lambda: part10(
+            WANTED_FIRST + element(0x00081000, b"OB", bytes(HEADER_LIMIT - 2000)) + WANTED_LAST),
     }[case]()
     path = tmp_path / "long.dcm"
     path.write_bytes(data)
     result = read_in_child(path)
-    assert result["seconds"] < HANG_GUARD and result["max_rss_kib"] < 200 * 1024, result
+    assert result["max_rss_kib"] < 200 * 1024, result
     assert result["tags"]["Modality"] == "MR", result
     if case == "a long value then wanted tags":
         assert result["tags"]["SeriesNumber"] == 7, result
@@ -356,7 +371,8 @@ def test_an_8_mib_value_is_exported_cut_and_marked(tmp_path):
 
 
 def test_a_value_of_the_cap_is_kept_one_longer_is_cut(tmp_path):
-    assert exported(tmp_path, SeriesDescription="y" * MAX_VALUE_CHARS)["SeriesDescription"] == "y" * MAX_VALUE_CHARS
+    kept = exported(tmp_path, SeriesDescription="y" * MAX_VALUE_CHARS)["SeriesDescription"]
+    assert kept == "y" * MAX_VALUE_CHARS
     longer = exported(tmp_path, SeriesDescription="y" * (MAX_VALUE_CHARS + 1))["SeriesDescription"]
     assert len(longer) == MAX_VALUE_CHARS and longer.endswith(CUT_MARKER)
 

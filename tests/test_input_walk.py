@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import SAMPLE_DICOMS, run_tool
 
-from icf.archive import make_archive
+from icf.archive import collect_input, make_archive
 from icf.store import Visit
-from icf.tarball import collect_input
 
 DEPTH = 2000  # twice Python's default recursion limit
 
@@ -54,6 +53,7 @@ def deep_tree():
     shutil.rmtree(base)
 
 
+@pytest.mark.slow
 def test_a_tree_deeper_than_the_recursion_limit_is_archived(deep_tree, tmp_path):
     """The walk does not recurse: 2,000 levels archive end to end, and step 2
     reads the member back under its full path."""

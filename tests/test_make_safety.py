@@ -144,9 +144,10 @@ def test_concurrent_archive_runs_leave_one_complete_archive(tmp_path, reference,
     assert sorted(p.name for p in study_dir.iterdir() if not p.name.startswith(".")) == \
         ["v_dicom.tar", "v_dicom.tar.md5sum"], logs
     assert_complete_archive(study_dir, reference)
-    built = [log for status, log in zip(statuses, logs) if status == 0 and "/bin/make_studyvisit_archive " in log]
+    built = [log for status, log in zip(statuses, logs, strict=True)
+             if status == 0 and "/bin/make_studyvisit_archive " in log]
     assert len(built) == 1, logs
-    for status, log in zip(statuses, logs):
+    for status, log in zip(statuses, logs, strict=True):
         if status != 0:  # the loser: its tool refused, make said so, deleted nothing
             assert "error" in log and "make: ***" in log, log
 
@@ -187,6 +188,7 @@ def moments(step: str) -> list:
 
 @pytest.mark.parametrize("to_group", [True, False], ids=["group", "make-alone"])
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
+@pytest.mark.slow
 def test_signal_during_archive_leaves_none_or_a_complete_one(tmp_path, reference, signum, to_group):
     delivered = 0
     for n, when in enumerate(moments("archive")):
@@ -209,6 +211,7 @@ def test_signal_during_archive_leaves_none_or_a_complete_one(tmp_path, reference
 
 @pytest.mark.parametrize("to_group", [True, False], ids=["group", "make-alone"])
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
+@pytest.mark.slow
 def test_signal_during_forced_metadata_rerun_keeps_old_or_new(tmp_path, metadata_store, signum, to_group):
     names = ("v_metadata_tarball.json", "v_metadata_dicoms.json")
     contents = {name: (metadata_store / "s" / name).read_bytes() for name in names}
@@ -221,9 +224,10 @@ def test_signal_during_forced_metadata_rerun_keeps_old_or_new(tmp_path, metadata
             os.utime(study_dir / name, (past, past))
         before = {name: (study_dir / name).stat() for name in names}
 
-        def rewritten() -> bool:
+        def rewritten(study_dir: Path = study_dir, before: dict = before) -> bool:
             try:
-                return any((study_dir / name).stat().st_mtime_ns != before[name].st_mtime_ns for name in names)
+                return any((study_dir / name).stat().st_mtime_ns != before[name].st_mtime_ns
+                           for name in names)
             except FileNotFoundError:
                 return True  # a gap: the assertion below says so
 
@@ -321,7 +325,8 @@ def test_hostile_store_url_is_refused_by_the_tool(tmp_path, sentinels, metadata_
 
 def test_values_from_the_environment_are_literal_too(tmp_path, sentinels, reference):
     values = payloads(sentinels / "env")
-    refused = make("archive", cwd=tmp_path, env={"STORE": str(tmp_path / "store"), "STUDY": values["make-shell"],
+    refused = make("archive", cwd=tmp_path, env={"STORE": str(tmp_path / "store"),
+                                                 "STUDY": values["make-shell"],
                                                  "VISIT": "v", "INPUT": str(SAMPLE_VISIT)})
     assert refused.returncode == 2 and "STUDY is not a study ID" in refused.stderr
     input_dir = tmp_path / "in" / values["make-shell"]

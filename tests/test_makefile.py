@@ -55,6 +55,7 @@ def study(tmp_path_factory) -> Path:
     return store / STUDY
 
 
+@pytest.mark.slow
 def test_study_wide_parallel_chain_leaves_every_file(study):
     for visit in VISITS:
         for name in visit_files(study, visit):
@@ -66,18 +67,20 @@ def test_study_wide_parallel_chain_leaves_every_file(study):
     assert leftovers == []
 
 
+@pytest.mark.slow
 def test_second_call_is_a_quick_no_op_and_q_says_up_to_date(study):
     args = ["VISIT=v1", f"INPUT={SAMPLE_VISIT}", "catalog"]
     before = {name: (study / name).stat().st_mtime_ns for name in visit_files(study, "v1")}
-    start = time.monotonic()
     result = make(study.parent, *args)
-    elapsed = time.monotonic() - start
-    assert scripts_run(result) == [] and elapsed < 1, (elapsed, result.stdout)
+    # quick: make ran no recipe at all (no step, no venv refresh), it only said so
+    assert scripts_run(result) == [], result.stdout
+    assert [line for line in result.stdout.splitlines() if not line.startswith("make: ")] == [], result.stdout
     assert make(study.parent, "-q", *args, check=False).returncode == 0
     assert make(study.parent, "-q", "catalog", check=False).returncode == 0  # the whole study too
     assert before == {name: (study / name).stat().st_mtime_ns for name in visit_files(study, "v1")}
 
 
+@pytest.mark.slow
 def test_newer_metadata_reruns_dataset_and_catalog_never_the_archive(study):
     archive = study / "v2_dicom.tar"
     archive_state = (archive.stat().st_mtime_ns, archive.read_bytes())
@@ -92,6 +95,7 @@ def test_newer_metadata_reruns_dataset_and_catalog_never_the_archive(study):
     assert make(study.parent, "-q", "VISIT=v2", "catalog", check=False).returncode == 0
 
 
+@pytest.mark.slow
 def test_study_wide_verify_names_the_damaged_visit(study, tmp_path):
     assert "agree" in make(study.parent, "verify").stderr
     copy = tmp_path / "store"
@@ -128,12 +132,15 @@ def test_help_lists_targets_and_variables():
         assert f"#   {variable} " in header, variable
 
 
+@pytest.mark.slow
 def test_docs_build_without_warnings(tmp_path):
-    """``make docs`` (Sphinx with -W): every page, every script's --help."""
-    result = subprocess.run(["make", "-f", REPO / "Makefile", "docs"], cwd=tmp_path,
+    """``make docs`` (Sphinx with -W): every page, every script's --help;
+    built into DOCS_OUT here, never into the checkout."""
+    html = tmp_path / "html"
+    result = subprocess.run(["make", "-f", REPO / "Makefile", f"DOCS_OUT={html}", "docs"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    html = REPO / "docs" / "_build" / "html"
+    assert f"docs: {html}/index.html" in result.stdout
     for page in ("index", "user", "admin", "reference", "developer", "formats"):
         assert (html / f"{page}.html").is_file(), page
     reference = (html / "reference.html").read_text()
@@ -141,10 +148,11 @@ def test_docs_build_without_warnings(tmp_path):
         assert f"usage: {script}" in reference, script
 
 
+@pytest.mark.slow
 def test_store_url_reaches_deposit_and_catalog(tmp_path):
     """STORE_URL: where users reach the store; it goes into the dataset's
     URLs for the TAR and into the catalog's clone URL."""
-    from icf.dataset import annex_key, branch_dir
+    from icf.annex import annex_key, branch_dir
     from icf.store import Visit
 
     store, url = tmp_path / "store", "https://data.example.org/store"

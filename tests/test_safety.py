@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, REPO, SAMPLE_VISIT, make_dicom, run_tool
+from test_dataset import VENV_BIN, clean_env, clone, md5_of, run, user_env, visit_store
+
 from icf.output import signals_held
 from icf.store import Visit, default_store_url, git_refusal
-from test_dataset import VENV_BIN, clean_env, clone, md5_of, run, user_env, visit_store
 
 STUDY, VISIT = "study1", "visit1"
 #: The deposit's store URL: the same for the built visit and its copies.
@@ -65,6 +65,7 @@ def visit(built, tmp_path) -> Visit:
 
 @pytest.mark.parametrize("char", ["'", '"', "`", "$", ";", "<", ">", " ", "\t", "\x01", "&", "#",
                                   "?", "{", "\\", "é", "%zz"])
+@pytest.mark.slow
 def test_store_url_that_would_break_the_clone_command_is_refused(visit, char):
     before = sorted(p.name for p in visit.study_dir.iterdir())
     url = f"https://data.example.org/st{char}ore"
@@ -80,6 +81,7 @@ def test_store_url_that_would_break_the_clone_command_is_refused(visit, char):
 ODD_STORE = "st ore#1%41?&'$é"
 
 
+@pytest.mark.slow
 def test_odd_store_path_works_end_to_end_and_writes_nowhere_else(tmp_path):
     """A store directory with space, #, %, ?, &, ', $ and non-ASCII: every step,
     clone, get and verify work, and nothing appears outside <store>/<study>/
@@ -180,6 +182,7 @@ def edit_json(path: Path, change) -> None:
 
 @pytest.mark.parametrize("tag, value", [("SeriesDescription", "edited"), ("ProtocolName", "edited"),
                                         ("Modality", "CT"), ("SeriesNumber", 999)])
+@pytest.mark.slow
 def test_verify_rederives_every_exported_tag(visit, tag, value):
     first = json.loads(visit.metadata_dicoms.read_text())[0]
     edit_json(visit.metadata_dicoms, lambda records: records[0].update({tag: value}))
@@ -188,12 +191,14 @@ def test_verify_rederives_every_exported_tag(visit, tag, value):
 
 
 @pytest.mark.parametrize("field", ["dspath", "storepath"])
+@pytest.mark.slow
 def test_verify_checks_the_paths_in_the_tarball_record(visit, field):
     edit_json(visit.metadata_tarball, lambda record: record.update({field: "elsewhere.tar"}))
     assert any(field in line for line in mismatch_lines(verify(visit)))
 
 
 @pytest.mark.parametrize("damage", ["object", "not-json", "no-md5", "string-size", "nested"])
+@pytest.mark.slow
 def test_verify_calls_malformed_json_a_mismatch(visit, damage):
     text = {"object": '{"path": "x"}', "not-json": "[{", "no-md5": '[{"path": "a", "size": 1}]',
             "string-size": '{"size": "12", "md5": "' + "0" * 32 + '", "dspath": "", "storepath": ""}',
@@ -203,6 +208,7 @@ def test_verify_calls_malformed_json_a_mismatch(visit, damage):
     assert any("malformed" in line or "not valid JSON" in line for line in mismatch_lines(verify(visit)))
 
 
+@pytest.mark.slow
 def test_verify_finds_a_deposit_made_for_another_store_url(visit):
     """The TAR's URL inside repo-export is checked against the store URL
     (rewritten to another host: a mismatch naming the URL)."""
@@ -215,6 +221,7 @@ def test_verify_finds_a_deposit_made_for_another_store_url(visit):
     assert any("icf/visit1_dicom.tar: URL" in line and "elsewhere.example.org" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_verify_finds_git_annex_metadata_that_disagrees(visit):
     """A deposit made from an edited JSON, the JSON then restored: the
     deposit's git-annex metadata no longer matches."""
@@ -228,6 +235,7 @@ def test_verify_finds_git_annex_metadata_that_disagrees(visit):
 
 
 @pytest.mark.parametrize("where", [0.3, 0.5, 0.8])
+@pytest.mark.slow
 def test_verify_calls_bit_rot_in_the_deposit_a_mismatch(visit, where):
     data = bytearray(visit.deposit_repo_export.read_bytes())
     for offset in range(int(len(data) * where), int(len(data) * where) + 64):
@@ -236,6 +244,7 @@ def test_verify_calls_bit_rot_in_the_deposit_a_mismatch(visit, where):
     assert mismatch_lines(verify(visit))
 
 
+@pytest.mark.slow
 def test_verify_calls_garbage_refs_a_mismatch(visit):
     visit.deposit_refs.write_bytes(b"\xff\xfe garbage\n")
     assert mismatch_lines(verify(visit))
@@ -266,6 +275,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     assert not any(name.startswith(".") or name.startswith(VISIT) for name in listing), result.stderr
 
 
+@pytest.mark.slow
 def test_read_only_store_is_one_line(built, tmp_path):
     shutil.copytree(built.study_dir, tmp_path / "store" / STUDY,
                     ignore=shutil.ignore_patterns("*.json", "*XDLRA*", "catalog"))
@@ -275,6 +285,7 @@ def test_read_only_store_is_one_line(built, tmp_path):
     assert_one_error_line(result, 1, "Read-only file system", "store/study1")
 
 
+@pytest.mark.slow
 def test_permission_denied_store_and_unreadable_tar(built, tmp_path):
     visit = Visit(tmp_path / "store", STUDY, VISIT)
     shutil.copytree(built.study_dir, visit.study_dir,
@@ -293,6 +304,7 @@ def test_permission_denied_store_and_unreadable_tar(built, tmp_path):
     assert hidden_leftovers(visit.study_dir) == []
 
 
+@pytest.mark.slow
 def test_lock_and_partial_files_of_another_user_do_not_block(built, tmp_path):
     """``.catalog.lock`` made by another user (read-only to us) still locks;
     a ``.partial`` another user's killed run left is replaced."""
@@ -390,6 +402,7 @@ def test_huge_tag_value_is_capped_in_json_and_catalog(tmp_path):
 # -- found by an attacker-style review ------------------------------------------
 
 @pytest.mark.parametrize("edit", ["drop HEAD", "junk line", "HEAD elsewhere"])
+@pytest.mark.slow
 def test_verify_checks_the_refs_file_exactly(visit, edit):
     text = visit.deposit_refs.read_text()
     text = {"drop HEAD": "".join(line + "\n" for line in text.splitlines() if not line.endswith(" HEAD")),
@@ -400,6 +413,7 @@ def test_verify_checks_the_refs_file_exactly(visit, edit):
 
 
 @pytest.mark.parametrize("target", ["dicoms", "tarball"])
+@pytest.mark.slow
 def test_a_field_added_to_the_metadata_is_a_mismatch(visit, target):
     path = visit.metadata_dicoms if target == "dicoms" else visit.metadata_tarball
     edit_json(path, lambda value: (value[0] if isinstance(value, list) else value).update(

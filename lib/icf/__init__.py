@@ -1,20 +1,26 @@
 """icf-utils: the shared library behind the scripts in ``bin/``.
 
-Modules, one job each:
-
-- :mod:`icf.store`    the store's layout, study/visit IDs, derived UUIDs, URLs
-- :mod:`icf.dicom`    reading DICOM headers, timestamps and tag values
-- :mod:`icf.tarball`  writing reproducible TARs and reading them back safely
-- :mod:`icf.output`   atomic output files, locks and deterministic JSON
-- :mod:`icf.cli`      the options, messages, signals and exit codes all scripts share
-- :mod:`icf.archive`, :mod:`icf.metadata`, :mod:`icf.dataset`,
-  :mod:`icf.catalog`  the four steps; :mod:`icf.verify` fixity
+One job per module; the module map in the developer guide
+(``docs/developer.rst``) says what each owns and may import:
+:mod:`icf.store`, :mod:`icf.dicom`, :mod:`icf.tarball`, :mod:`icf.output`,
+:mod:`icf.records`, :mod:`icf.annex`, :mod:`icf.git`, :mod:`icf.cli`, and
+the steps :mod:`icf.archive`, :mod:`icf.metadata`, :mod:`icf.dataset`,
+:mod:`icf.catalog` and :mod:`icf.verify`. This module holds what all of
+them share: the error types and how an OSError becomes one line.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+#: ``progress(items, total)`` wraps a step's per-file loop (e.g. in a progress
+#: bar) and yields the items; ``total`` is None when not known in advance.
+Progress = Callable[[Iterable[Any], Optional[int]], Iterable[Any]]
+
+
+def no_progress(items: Iterable[Any], total: Optional[int]) -> Iterable[Any]:
+    return items
 
 
 class IcfError(Exception):

@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterator
 
-from icf import IcfError, doing
+from icf import IcfError, Progress, doing, no_progress
+from icf.annex import deposit_refusal
 from icf.dicom import TIMESTAMP_TAGS, NotDicom, read_header
 from icf.output import PartialFile, signals_held
-from icf.store import Visit, git_refusal
-from icf.tarball import MAX_MTIME, HashingWriter, InputFile, collect_input, open_regular, write_archive
+from icf.records import md5sum_line
+from icf.store import Visit
+from icf.tarball import MAX_MTIME, Hashing, InputFile, open_regular, write_archive
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +41,8 @@ log = logging.getLogger(__name__)
 class ArchiveSummary:
     files: int
     dicoms: int
-    undated: int
     size: int
     md5: str
-    mtime: int
     #: symlinks followed to files outside the input directory
     outside_links: int
 
@@ -63,11 +64,7 @@ def dicom_timestamp(item: InputFile) -> tuple[bool, int | None]:
     return True, timestamp
 
 
-Progress = Callable[[Iterable, int], Iterable]
-
-
-def make_archive(visit: Visit, input_dir: Path,
-                 progress: Progress = lambda items, total: items) -> ArchiveSummary:
+def make_archive(visit: Visit, input_dir: Path, progress: Progress = no_progress) -> ArchiveSummary:
     """Archive ``input_dir`` as ``visit``'s TAR; ``progress(items, total)``
     wraps the two per-file loops (e.g. in a progress bar)."""
     _check_output_outside(visit, input_dir)
@@ -88,7 +85,7 @@ def make_archive(visit: Visit, input_dir: Path,
     if outside:
         log.warning("followed %d symlink(s) to files outside the input directory and archived those files: %s",
                     len(outside), _some([f"{item.source} -> {item.outside}" for item in outside]))
-    refused = [f"{item.member!r} {why}" for item in files if (why := git_refusal(item.member))]
+    refused = [f"{item.member!r} {why}" for item in files if (why := deposit_refusal(item.member))]
     if refused:
         log.warning("%d file(s) archived, but the visit cannot be deposited as it is "
                     "(see the admin guide): %s", len(refused), _some(refused))
@@ -99,18 +96,100 @@ def make_archive(visit: Visit, input_dir: Path,
             doing("writing the archive", tar.path):
         if visit.tarball.exists():  # made by a run that held the lock before us
             raise IcfError(f"{visit.tarball}: archive exists already, not overwritten")
-        writer = HashingWriter(tar.file)
+        writer = Hashing(tar.file)
         for _ in progress(write_archive(files, mtimes, writer), len(files)):
             pass
-        digest = writer.md5.hexdigest()
+        digest = writer.hexdigest()
         tar.file.flush()
         os.utime(tar.path, (latest, latest))
-        md5sum.file.write(f"{digest}  {visit.tarball.name}\n".encode())
+        md5sum.file.write(md5sum_line(visit, digest))
         with signals_held():
             md5sum.commit(overwrite=True)
             tar.commit(overwrite=False)
     return ArchiveSummary(len(files), sum(is_dicom for is_dicom, _ in found),
-                          len(files) - len(dated), writer.size, digest, latest, len(outside))
+                          writer.size, digest, len(outside))
+
+
+def collect_input(input_dir: Path, top: str) -> list[InputFile]:
+    """Every regular file under ``input_dir``, sorted, as archive members
+    under ``top/``; symlinks to regular files count as regular files.
+
+    Raises IcfError naming every path that cannot be archived faithfully:
+    unreadable directories, FIFOs, sockets, devices, dangling or looping
+    symlinks, symlinks to directories, names that are not valid UTF-8.
+    Nothing is opened here, so special files cannot block.
+    """
+    if not input_dir.exists():
+        raise IcfError(f"{input_dir}: input directory does not exist")
+    if not input_dir.is_dir():
+        raise IcfError(f"{input_dir}: input is not a directory")
+    found: list[tuple[tuple[bytes, ...], InputFile]] = []
+    problems: list[str] = []
+    _walk(input_dir, top, found, problems)
+    if problems:
+        shown = "; ".join(problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise IcfError(f"cannot archive faithfully: {shown}{more}")
+    if not found:
+        raise IcfError(f"{input_dir}: no regular file to archive")
+    found.sort(key=lambda item: item[0])
+    return [item for _, item in found]
+
+
+def _walk(input_dir: Path, top: str, found: list[tuple[tuple[bytes, ...], InputFile]],
+          problems: list[str]) -> None:
+    """Append every regular file under ``input_dir`` to ``found``, keyed by
+    its path components as UTF-8 (the archive's sort key), and every path
+    that cannot be archived to ``problems``, in depth-first order.
+
+    The walk keeps its own stack of open levels (each a sorted listing, so
+    no directory stays open), not Python's: a tree deeper than the
+    recursion limit is as archivable as any other. Names are read as bytes
+    and decoded as UTF-8 whatever the locale, so the archive does not
+    depend on it (a Latin-1 locale would otherwise turn ``ä`` into ``Ã¤``).
+    """
+    root = input_dir.resolve()
+    stack: list[tuple[tuple[bytes, ...], Iterator[os.DirEntry[bytes]]]] = []
+
+    def enter(directory: Path, parts: tuple[bytes, ...]) -> None:
+        try:
+            entries = sorted(os.scandir(os.fsencode(directory)), key=lambda e: e.name)
+        except OSError as exc:
+            problems.append(f"{directory}: cannot list directory ({exc.strerror})")
+            return
+        stack.append((parts, iter(entries)))
+
+    enter(input_dir, ())
+    while stack:
+        parts, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        path = Path(os.fsdecode(entry.path))
+        try:
+            name = entry.name.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(f"{entry.path!r}: file name is not valid UTF-8")
+            continue
+        try:
+            info = os.stat(entry.path)  # follows symlinks
+        except OSError as exc:
+            kind = "dangling or looping symlink" if entry.is_symlink() else exc.strerror
+            problems.append(f"{path}: {kind}")
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            if entry.is_symlink():
+                problems.append(f"{path}: symlink to a directory")
+            else:
+                enter(path, parts + (entry.name,))
+        elif stat.S_ISREG(info.st_mode):
+            member = "/".join([top, *(p.decode("utf-8") for p in parts), name])
+            target = Path(os.path.realpath(path)) if entry.is_symlink() else None
+            outside = target if target is not None and root not in target.parents else None
+            found.append((parts + (entry.name,), InputFile(path, member, info.st_size, outside)))
+        else:
+            problems.append(f"{path}: not a regular file (FIFO, socket or device)")
 
 
 def _some(names: list[str], shown: int = 3) -> str:

@@ -28,7 +28,8 @@ Decisions, and why:
   order and with signals held, so a reader never sees a half-written file or
   a study linking to a missing visit. The lock file is opened read-only, so
   one created by another user does not block. A new
-  catalog is built as ``<study>/.catalog.new`` and renamed into place.
+  catalog is built as ``<study>/.catalog.new`` (its configuration staged in
+  ``<study>/.catalog.setup``) and renamed into place.
 - **Offline.** datalad-catalog's ``index.html`` loads Vue from a CDN although
   a copy ships in ``assets/``; we point it at the local copy and refuse to
   finish if any script or style sheet still comes from elsewhere.
@@ -49,8 +50,9 @@ from pathlib import Path
 from typing import Iterable, Union
 
 from icf import IcfError, doing
-from icf.metadata import read_dicom_records, read_tarball_record
+from icf.dicom import EXPORTED_TAGS
 from icf.output import json_bytes, locked, read_json, write_files
+from icf.records import DicomRecord, TagValue, read_dicom_records, read_tarball_record
 from icf.store import Visit, derived_uuid
 
 #: The one version of every record: records are updated in place, not versioned.
@@ -71,21 +73,24 @@ LOCAL_ASSETS = {
     "https://unpkg.com/vue@2.6.14/dist/vue.js": "assets/vue.2.6.14.min.js",
 }
 
-Tag = Union[str, int, list]
-
-
 @dataclass(frozen=True, order=True)
 class Series:
-    """One series of a visit: its tags as shown, and how many DICOM files."""
+    """One series of a visit: its exported tags as shown, and how many DICOM files."""
 
-    sort_key: tuple  # first field: series sort by it (see series_sort_key)
-    number: str
-    description: str
-    protocol: str
-    modality: str
-    acquisition_type: str
-    pulse_sequence: str
+    sort_key: tuple  # series sort by it (see series_sort_key)
+    tags: tuple[tuple[str, str], ...]  # (tag keyword, value as shown), in EXPORTED_TAGS order
     images: int
+
+    @property
+    def number(self) -> str:
+        return dict(self.tags)["SeriesNumber"]
+
+    def row(self) -> dict[str, Union[str, int]]:
+        """The series as a table row: series number first, then every
+        exported tag under its :func:`tag_label`, then the image count."""
+        return {tag_label("SeriesNumber"): self.number,
+                **{tag_label(tag): value for tag, value in self.tags if tag != "SeriesNumber"},
+                "number of images": self.images}
 
 
 @dataclass(frozen=True)
@@ -95,50 +100,52 @@ class VisitSummary:
     tar_size: int
     dicoms: int
     series: list[Series]
-
-    @property
-    def keywords(self) -> list[str]:
-        """Protocol names and modalities, sorted, without empties."""
-        words = {s.protocol for s in self.series} | {s.modality for s in self.series}
-        return sorted(words - {""})
+    #: every distinct non-empty text value of an exported tag, sorted
+    keywords: list[str]
 
 
-def shown(value: Tag) -> str:
+def tag_label(keyword: str) -> str:
+    """A tag's column label: its keyword in words, acronyms kept
+    (``MRAcquisitionType`` -> ``MR acquisition type``)."""
+    words = re.findall(r"[A-Z]+(?![a-z])|[A-Z][a-z]*|[a-z]+|\d+", keyword)
+    return " ".join(word if word.isupper() and len(word) > 1 else word.lower() for word in words)
+
+
+def shown(value: TagValue) -> str:
     """A tag value as text: a multi-valued tag joined with ', '."""
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
     return str(value)
 
 
-def series_sort_key(number: Tag) -> tuple:
+def series_sort_key(number: TagValue) -> tuple:
     """Numbers first, ascending; anything else (empty, text) after, by text."""
     if isinstance(number, int):
         return (0, number, "")
     return (1, 0, shown(number))
 
 
-def series_of(dicoms: Iterable[dict[str, Tag]]) -> list[Series]:
-    """Group DICOM entries by their six tags, sorted by series number.
+def series_of(dicoms: Iterable[DicomRecord]) -> list[Series]:
+    """Group DICOM records by their exported tags, sorted by series number.
 
-    A series is the combination of all six tags (not the number alone): two
-    different series that share a number stay apart.
+    A series is the combination of all exported tags (not the number alone):
+    two different series that share a number stay apart.
     """
     counts: Counter[tuple] = Counter()
-    for entry in dicoms:
-        number = entry["SeriesNumber"]
-        counts[(
-            series_sort_key(number), shown(number), shown(entry["SeriesDescription"]),
-            shown(entry["ProtocolName"]), shown(entry["Modality"]),
-            shown(entry["MRAcquisitionType"]), shown(entry["PulseSequenceName"]),
-        )] += 1
-    return sorted(Series(*key, images) for key, images in counts.items())
+    for record in dicoms:
+        shown_tags = tuple((tag, shown(record.tags[tag])) for tag in EXPORTED_TAGS)
+        counts[(series_sort_key(record.tags["SeriesNumber"]), shown_tags)] += 1
+    return sorted(Series(sort_key, tags, images) for (sort_key, tags), images in counts.items())
 
 
 def read_summary(visit: Visit) -> VisitSummary:
     """Read ``<visit>_metadata_tarball.json`` and ``<visit>_metadata_dicoms.json``."""
-    size = read_tarball_record(visit)["size"]
+    size = read_tarball_record(visit).size
     dicoms = read_dicom_records(visit)
-    return VisitSummary(tar_size=size, dicoms=len(dicoms), series=series_of(dicoms))
+    keywords = {shown(value) for record in dicoms for value in record.tags.values()
+                if not isinstance(value, int)}
+    return VisitSummary(tar_size=size, dicoms=len(dicoms), series=series_of(dicoms),
+                        keywords=sorted(keywords - {""}))
 
 
 def human_size(size: int) -> str:
@@ -170,15 +177,7 @@ def visit_record(visit: Visit, summary: VisitSummary, store_url: str) -> dict:
         key = f"Series {series.number or '(no number)'}"
         while key in table:  # another series with the same number
             key += "'"
-        table[key] = {
-            "series number": series.number,
-            "series description": series.description,
-            "protocol name": series.protocol,
-            "modality": series.modality,
-            "MR acquisition type": series.acquisition_type,
-            "pulse sequence name": series.pulse_sequence,
-            "number of images": series.images,
-        }
+        table[key] = series.row()
     return {
         "type": "dataset",
         "dataset_id": visit_id(visit),
@@ -336,10 +335,11 @@ def create_site(catalog: Path, config_file: Path) -> None:
             catalog=new, config_file=setup / "config.json", force=False,
             result_renderer="disabled", return_type="list", on_failure="ignore",
         ), f"{catalog}: creating the catalog")
+        offline_index(new, config.get("catalog_name") or "Study catalog")
+        os.rename(new, catalog)
     finally:
-        shutil.rmtree(setup)
-    offline_index(new, config.get("catalog_name") or "Study catalog")
-    os.rename(new, catalog)
+        for scratch in (new, setup):
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def updated_records(catalog: Path, visit: Visit, visit_rec: dict) -> tuple[int, dict[Path, bytes]]:

@@ -22,9 +22,9 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
-from icf import IcfError, os_error_line
+from icf import IcfError, Progress, no_progress, os_error_line
 from icf.output import HELD_SIGNALS
 from icf.store import Visit, check_id, check_store_url, default_store_url
 
@@ -167,11 +167,11 @@ def _state(path: Path) -> tuple[int, int, int] | None:
     return info.st_ino, info.st_mtime_ns, info.st_size
 
 
-def progress_bar(args: argparse.Namespace, unit: str) -> Callable[[Iterable, int], Iterable]:
+def progress_bar(args: argparse.Namespace, unit: str) -> Progress:
     """``wrap(items, total)``: a tqdm progress bar on stderr when it is a
     terminal and not --quiet; otherwise the items unchanged."""
     if args.quiet or not sys.stderr.isatty():
-        return lambda items, total: items
+        return no_progress
     from tqdm import tqdm
 
     return lambda items, total: tqdm(items, total=total, unit=unit, leave=False, file=sys.stderr)

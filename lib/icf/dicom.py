@@ -36,8 +36,12 @@ anywhere):
 - exported values are capped at :data:`MAX_VALUE_CHARS` characters (see
   :meth:`DicomHeader.technical_tags`).
 
-The walk here replaces pydicom's reader for speed (it only locates elements,
-many times faster than ``dcmread``); value decoding stays pydicom's
+The walk here replaces pydicom's reader for speed: it only locates elements.
+``make bench`` compares it with pydicom on the same files and tags; on a
+2-core machine it measured about 16-21x faster than
+``dcmread(stop_before_pixels=True, specific_tags=...)``, 19-24x than
+``dcmread(stop_before_pixels=True)`` and 6-8x than ``read_partial`` with
+``stop_when`` after the last tag. Value decoding stays pydicom's
 (:func:`pydicom.values.convert_value`, with the file's SpecificCharacterSet).
 """
 
@@ -88,7 +92,13 @@ TIMESTAMP_TAGS = frozenset({
     STUDY_DATE, SERIES_DATE, ACQUISITION_DATE, CONTENT_DATE, ACQUISITION_DATETIME,
     STUDY_TIME, SERIES_TIME, ACQUISITION_TIME, CONTENT_TIME, TIMEZONE_OFFSET_FROM_UTC,
 })
-ALL_TAGS = TIMESTAMP_TAGS | set(EXPORTED_TAGS.values()) | {SPECIFIC_CHARACTER_SET}
+
+
+def all_tags() -> frozenset[int]:
+    """Every tag a full header read looks for: timestamps, exported tags and
+    the character set (read from :data:`EXPORTED_TAGS` on each call)."""
+    return TIMESTAMP_TAGS | set(EXPORTED_TAGS.values()) | {SPECIFIC_CHARACTER_SET}
+
 
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
@@ -124,7 +134,7 @@ class Element:
 
 @dataclass(frozen=True)
 class DicomHeader:
-    """The elements of :data:`ALL_TAGS` found in a file's header."""
+    """The elements of :func:`all_tags` (or those asked for) found in a file's header."""
 
     elements: dict[int, Element]
     is_little_endian: bool
@@ -224,9 +234,10 @@ class DicomHeader:
     def _decoded(self, tag: int, vr: str, value: bytes) -> list[str]:
         """Decode with pydicom and the file's character set; [""] if it cannot."""
         from pydicom.dataelem import RawDataElement
+        from pydicom.tag import BaseTag
         from pydicom.values import convert_value
 
-        raw = RawDataElement(tag, vr, len(value), value, 0, False, self.is_little_endian)
+        raw = RawDataElement(BaseTag(tag), vr, len(value), value, 0, False, self.is_little_endian)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -345,10 +356,10 @@ def parse_datetime(value: str) -> tuple[int, int | None] | None:
 
 # -- the header walk ---------------------------------------------------------
 
-def read_header(read: Callable[[int], bytes], wanted: frozenset[int] | set[int] = ALL_TAGS) -> DicomHeader:
+def read_header(read: Callable[[int], bytes], wanted: frozenset[int] | None = None) -> DicomHeader:
     """Parse the header that ``read(n)`` (the next up to n bytes of a file)
-    yields, far enough to find ``wanted``; raise :class:`NotDicom` if the file
-    is not DICOM.
+    yields, far enough to find ``wanted`` (default: :func:`all_tags`); raise
+    :class:`NotDicom` if the file is not DICOM.
 
     Reads 64 KiB first and, only if the header is longer, twice as much as
     read so far each time, up to :data:`HEADER_LIMIT` in all; a read shorter
@@ -360,6 +371,7 @@ def read_header(read: Callable[[int], bytes], wanted: frozenset[int] | set[int] 
     a transfer syntax vouch for it; without them it is DICOM only if it
     parses element by element up to that point.
     """
+    wanted = all_tags() if wanted is None else wanted
     data = read(_FIRST_READ)
     at_end = len(data) < _FIRST_READ
     while True:
@@ -372,13 +384,13 @@ def read_header(read: Callable[[int], bytes], wanted: frozenset[int] | set[int] 
             data += more
 
 
-def read_file_header(path, wanted: frozenset[int] | set[int] = ALL_TAGS) -> DicomHeader:
+def read_file_header(path, wanted: frozenset[int] | None = None) -> DicomHeader:
     """:func:`read_header` for a file on disk."""
     with open(path, "rb") as stream:
         return read_header(stream.read, wanted)
 
 
-def _parse(data: bytes, wanted, complete: bool) -> DicomHeader:
+def _parse(data: bytes, wanted: frozenset[int], complete: bool) -> DicomHeader:
     """Walk ``data``; ``complete`` means no more bytes can be had."""
     stop_after = max(wanted)
     if data[128:132] == b"DICM":
@@ -489,7 +501,7 @@ class _Walker:
         except _EndOfData:
             # a truncated file: a preamble vouches for what was found so far
             if strict:
-                raise NotDicom(f"data set ends inside an element") from None
+                raise NotDicom("data set ends inside an element") from None
         return _Found(found, previous >= 0)
 
     def _skip_sequence(self, pos: int, implicit: bool, little: bool) -> int:

@@ -40,21 +40,33 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def try_lock(fd: int, wait: bool = False) -> bool:
+    """Take an exclusive ``flock`` on ``fd``; False if another holder has it
+    and not ``wait``."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
 @contextmanager
 def locked(path: Path, wait: bool, busy: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing).
+    """Hold an exclusive ``flock`` on ``path``, a directory or a lock file
+    (created if missing).
 
-    The lock file is opened read-only: flock needs no more, so a lock file
+    A lock file is opened read-only: flock needs no more, so a lock file
     another user created (and we cannot write) still works. Without
     ``wait``, a lock held by another run is IcfError ``<path>: <busy>``.
     """
     with doing("opening the lock file"):
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise IcfError(f"{path}: {busy}") from None
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except IsADirectoryError:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if not try_lock(fd, wait):
+            raise IcfError(f"{path}: {busy}")
         yield
     finally:
         os.close(fd)
@@ -91,14 +103,14 @@ class PartialFile:
             else:
                 stale = False
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 # the inode we locked may have been renamed into place, or
                 # removed, by the run that held the lock before us
-                if os.stat(self.path).st_ino != os.fstat(fd).st_ino:
-                    raise BlockingIOError
-            except (BlockingIOError, FileNotFoundError):
+                ours = try_lock(fd) and os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                ours = False
+            if not ours:
                 os.close(fd)
-                raise IcfError(f"{self.final}: another run is writing it right now") from None
+                raise IcfError(f"{self.final}: another run is writing it right now")
             if not stale:
                 return fd
             os.unlink(self.path)  # locked by us: no live run is writing it

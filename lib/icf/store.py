@@ -1,6 +1,6 @@
 """The store's layout: where each file of a visit lives, and the IDs that name them.
 
-Every path the four tools read or write is spelled here, once, as in the
+Every path the four steps and ``verify_visit`` read or write is spelled here, once, as in the
 contract with existing users (``docs/formats.rst``)::
 
     <store>/<study>/<visit>_dicom.tar
@@ -126,22 +126,38 @@ class Visit:
         return f"{store_url.rstrip('/')}/{self.store_tar_path}"
 
     def clone_url(self, store_url: str) -> str:
-        """The ``datalad clone`` URL of the visit's dataset deposit.
-
-        datalad-next reads it as a query string: it splits at ``&``, stops
-        at ``#``, expands ``{...}`` and percent-decodes each value once
-        before uncurl percent-decodes the URL again. So the store URL is
-        percent-encoded once more inside it (``%20`` becomes ``%2520``;
-        :func:`check_store_url` admits no other character that needs it),
-        and ``{{annex_key}}`` stays the placeholder. The result holds no
-        character that ends a single-quoted shell word.
-        """
+        """The ``datalad clone`` URL of the visit's dataset deposit
+        (see :func:`clone_url`)."""
         quoted = urllib.parse.quote(store_url.rstrip("/"), safe=_URL_KEPT)
-        return (
-            "datalad-annex::?type=external&externaltype=uncurl"
-            f"&url={quoted}/{self.study}/{self.visit}_{{{{annex_key}}}}"
-            "&encryption=none"
-        )
+        return clone_url(quoted, self.study, self.visit)
+
+
+def clone_url(quoted_store_url: str, study: str, visit: str) -> str:
+    """The ``datalad clone`` URL of a visit's dataset deposit, the one place
+    its format is spelled.
+
+    datalad-next reads it as a query string: it splits at ``&``, stops at
+    ``#``, expands ``{...}`` and percent-decodes each value once before
+    uncurl percent-decodes the URL again. So the store URL must come
+    percent-encoded once more (``%20`` as ``%2520``; :meth:`Visit.clone_url`
+    does it, and :func:`check_store_url` admits no other character that
+    needs it), and ``{{annex_key}}`` stays the placeholder. The result
+    holds no character that ends a single-quoted shell word.
+    """
+    return ("datalad-annex::?type=external&externaltype=uncurl"
+            f"&url={quoted_store_url}/{study}/{visit}_{{{{annex_key}}}}&encryption=none")
+
+
+def member_path_problem(path: str, top: str, directory: bool = False) -> str | None:
+    """Why ``path`` cannot be an archive member of a visit whose members lie
+    under ``top/`` (:attr:`Visit.archive_top`), or None: it must be
+    relative, free of empty, ``.`` and ``..`` components, and below ``top``
+    (a directory may be ``top`` itself; a trailing ``/`` is allowed)."""
+    parts = (path[:-1] if directory and path.endswith("/") else path).split("/")
+    if parts[0] != top or any(part in ("", ".", "..") for part in parts) \
+            or (not directory and len(parts) < 2):
+        return f"is not a relative path under {top}/"
+    return None
 
 
 def default_store_url(store: Path) -> str:

@@ -1,6 +1,5 @@
-"""Visit archives: collecting a visit's files, writing them as a reproducible
-TAR, and reading such a TAR back member by member in one pass (or its
-headers alone).
+"""Visit archives: writing a visit's files as a reproducible TAR, and reading
+such a TAR back member by member in one pass (or its headers alone).
 
 The archive format (the same bytes for the same files on every machine):
 
@@ -27,7 +26,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Protocol
+from typing import Any, BinaryIO, Iterator, Protocol
 
 from icf import IcfError, doing
 
@@ -54,89 +53,6 @@ class InputFile:
     outside: Path | None = None
 
 
-# -- collecting the input ---------------------------------------------------
-
-
-def collect_input(input_dir: Path, top: str) -> list[InputFile]:
-    """Every regular file under ``input_dir``, sorted, as archive members
-    under ``top/``; symlinks to regular files count as regular files.
-
-    Raises IcfError naming every path that cannot be archived faithfully:
-    unreadable directories, FIFOs, sockets, devices, dangling or looping
-    symlinks, symlinks to directories, names that are not valid UTF-8.
-    Nothing is opened here, so special files cannot block.
-    """
-    if not input_dir.exists():
-        raise IcfError(f"{input_dir}: input directory does not exist")
-    if not input_dir.is_dir():
-        raise IcfError(f"{input_dir}: input is not a directory")
-    found: list[tuple[tuple[bytes, ...], InputFile]] = []
-    problems: list[str] = []
-    _walk(input_dir, top, found, problems)
-    if problems:
-        shown = "; ".join(problems[:5])
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise IcfError(f"cannot archive faithfully: {shown}{more}")
-    if not found:
-        raise IcfError(f"{input_dir}: no regular file to archive")
-    found.sort(key=lambda item: item[0])
-    return [item for _, item in found]
-
-
-def _walk(input_dir: Path, top: str, found: list[tuple[tuple[bytes, ...], InputFile]],
-          problems: list[str]) -> None:
-    """Append every regular file under ``input_dir`` to ``found``, keyed by
-    its path components as UTF-8 (the archive's sort key), and every path
-    that cannot be archived to ``problems``, in depth-first order.
-
-    The walk keeps its own stack of open levels (each a sorted listing, so
-    no directory stays open), not Python's: a tree deeper than the
-    recursion limit is as archivable as any other.
-    """
-    root = input_dir.resolve()
-    stack: list[tuple[tuple[bytes, ...], Iterator[os.DirEntry]]] = []
-
-    def enter(directory: Path, parts: tuple[bytes, ...]) -> None:
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: os.fsencode(e.name))
-        except OSError as exc:
-            problems.append(f"{directory}: cannot list directory ({exc.strerror})")
-            return
-        stack.append((parts, iter(entries)))
-
-    enter(input_dir, ())
-    while stack:
-        parts, entries = stack[-1]
-        entry = next(entries, None)
-        if entry is None:
-            stack.pop()
-            continue
-        path = Path(entry.path)
-        try:
-            name = entry.name.encode("utf-8")
-        except UnicodeEncodeError:
-            problems.append(f"{os.fsencode(entry.path)!r}: file name is not valid UTF-8")
-            continue
-        try:
-            info = os.stat(path)  # follows symlinks
-        except OSError as exc:
-            kind = "dangling or looping symlink" if entry.is_symlink() else exc.strerror
-            problems.append(f"{path}: {kind}")
-            continue
-        if stat.S_ISDIR(info.st_mode):
-            if entry.is_symlink():
-                problems.append(f"{path}: symlink to a directory")
-            else:
-                enter(path, parts + (name,))
-        elif stat.S_ISREG(info.st_mode):
-            member = "/".join([top, *(p.decode() for p in parts), entry.name])
-            target = Path(os.path.realpath(path)) if entry.is_symlink() else None
-            outside = target if target is not None and root not in target.parents else None
-            found.append((parts + (name,), InputFile(path, member, info.st_size, outside)))
-        else:
-            problems.append(f"{path}: not a regular file (FIFO, socket or device)")
-
-
 def open_regular(path: Path) -> BinaryIO:
     """Open a file for reading, refusing anything but a regular file without
     blocking on a FIFO that took its place."""
@@ -153,28 +69,51 @@ def open_regular(path: Path) -> BinaryIO:
 # -- writing -----------------------------------------------------------------
 
 
-class HashingWriter:
-    """Writes to ``out`` and hashes (MD5) and counts every byte written."""
+class Hashing:
+    """Wraps a file (or anything with ``read`` or ``write``) and MD5-hashes
+    and counts every byte read or written through it: the one place the
+    md5 of an archive or a member is computed."""
 
-    def __init__(self, out: BinaryIO):
-        self.out = out
+    def __init__(self, stream: Any):
+        self.stream = stream
         self.md5 = hashlib.md5()
         self.size = 0
 
+    def read(self, n: int) -> bytes:
+        data = self.stream.read(n)
+        self.md5.update(data)
+        self.size += len(data)
+        return data
+
     def write(self, data: bytes) -> None:
-        self.out.write(data)
+        self.stream.write(data)
         self.md5.update(data)
         self.size += len(data)
 
+    def skip(self, n: int) -> int:
+        """Read and hash the next ``n`` bytes, a chunk at a time; return how
+        many there were (fewer at the end of the file)."""
+        done = 0
+        while done < n and (chunk := self.read(min(_CHUNK, n - done))):
+            done += len(chunk)
+        return done
 
-def write_archive(files: list[InputFile], mtimes: list[int], out: HashingWriter) -> Iterator[InputFile]:
+    def read_to_end(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+    def hexdigest(self) -> str:
+        return self.md5.hexdigest()
+
+
+def write_archive(files: list[InputFile], mtimes: list[int], out: Hashing) -> Iterator[InputFile]:
     """Write ``files`` with ``mtimes`` (same order) as a complete TAR to
     ``out``, yielding each file once it is written; the TAR is complete when
     the generator is exhausted.
 
     Each file's content is streamed; a file whose size changed since it was
     collected is an error (the archive would not hold what was seen)."""
-    for item, mtime in zip(files, mtimes):
+    for item, mtime in zip(files, mtimes, strict=True):
         for block in member_headers(item.member, item.size, mtime):
             out.write(block)
         copied = 0
@@ -262,33 +201,6 @@ def _ustar_header(prefix: bytes, name: bytes, size: int, mtime: int, typeflag: b
 MAX_EXTENDED_HEADER = 1 << 20
 
 
-class HashingReader:
-    """Reads from ``raw`` and hashes (MD5) and counts every byte read.
-
-    Skipped bytes are read and hashed too, so that the digest and ``size``
-    cover the whole file once the reading is done.
-    """
-
-    def __init__(self, raw: BinaryIO):
-        self.raw = raw
-        self.md5 = hashlib.md5()
-        self.size = 0
-
-    def read(self, n: int) -> bytes:
-        data = self.raw.read(n)
-        self.md5.update(data)
-        self.size += len(data)
-        return data
-
-    def skip(self, n: int) -> int:
-        """Read and hash the next ``n`` bytes, a chunk at a time; return how
-        many there were (fewer at the end of the file)."""
-        done = 0
-        while done < n and (chunk := self.read(min(_CHUNK, n - done))):
-            done += len(chunk)
-        return done
-
-
 class _SeekingReader:
     """Reads from ``raw`` and seeks over skipped bytes: for reading headers
     only, at a cost that does not grow with the members' sizes. ``size``
@@ -332,9 +244,29 @@ class TarEntry:
     is_dir: bool
 
 
-def iter_tar(source: HashingReader, name: str) -> Iterator[tuple[TarEntry, Callable[[int], bytes]]]:
+class MemberContent:
+    """A member's content as :func:`iter_tar` hands it out: ``read(n)``
+    gives the next at most ``n`` bytes, never past the member's end."""
+
+    def __init__(self, source: Hashing, entry: TarEntry, name: str):
+        self._source, self._entry, self._name = source, entry, name
+        self._remaining = entry.size
+
+    def read(self, n: int) -> bytes:
+        if n < 0:  # a file's read(-1) reads all; a member must come in bounded pieces
+            raise ValueError(f"read({n}): the size must be >= 0")
+        wanted = min(n, self._remaining)
+        data = self._source.read(wanted)
+        if len(data) < wanted:
+            raise _corrupted(self._name, f"truncated at byte {self._source.size}, "
+                                         f"in member {self._entry.path!r}")
+        self._remaining -= wanted
+        return data
+
+
+def iter_tar(source: Hashing, name: str) -> Iterator[tuple[TarEntry, MemberContent]]:
     """Yield each file and directory member of the TAR that ``source`` reads,
-    with ``read(n)`` (n >= 0) for the member's content, in one sequential pass.
+    with its :class:`MemberContent`, in one sequential pass.
 
     Whatever the consumer does not read of a member is read and skipped for
     it, and the archive's end (zero blocks and padding) is read too, so that
@@ -349,20 +281,7 @@ def iter_tar(source: HashingReader, name: str) -> Iterator[tuple[TarEntry, Calla
     record, truncation, data after the end).
     """
     for entry in _entries(source, name):
-        remaining = entry.size
-
-        def read(n: int) -> bytes:
-            nonlocal remaining
-            if n < 0:  # a file's read(-1) reads all; a member must come in bounded pieces
-                raise ValueError(f"read({n}): the size must be >= 0")
-            wanted = min(n, remaining)
-            data = source.read(wanted)
-            if len(data) < wanted:
-                raise _corrupted(name, f"truncated at byte {source.size}, in member {entry.path!r}")
-            remaining -= wanted
-            return data
-
-        yield entry, read
+        yield entry, MemberContent(source, entry, name)
 
 
 def latest_member_mtime(path: Path) -> int:

@@ -1,80 +1,79 @@
 """Fixity: prove that a visit's files in the store still say what they said.
 
-One pass over the archive re-hashes it against ``<visit>_dicom.tar.md5sum``
-and ``<visit>_metadata_tarball.json`` (md5, size, ``dspath``,
-``storepath``), and re-derives every member's record of
-``<visit>_metadata_dicoms.json`` from the archive: md5, size and every
+One pass over the archive (:class:`icf.metadata.ArchiveScan`) re-hashes it
+against ``<visit>_dicom.tar.md5sum`` and ``<visit>_metadata_tarball.json``
+(md5, size, ``dspath``, ``storepath``), and re-derives every member's record
+of ``<visit>_metadata_dicoms.json`` from the archive: md5, size and every
 exported tag (a DICOM member missing from the list, or a listed one missing
-from the archive, is a mismatch too). If the dataset deposit exists, it
-must be exactly what the metadata and the store URL give (see
-:func:`icf.dataset.deposit_problems`). A malformed or unreadable file is a
-mismatch, not a crash.
+from the archive, is a mismatch too). If the dataset deposit exists, it must
+be exactly what the metadata and the store URL give (:func:`deposit_problems`,
+reading the deposit files without cloning). A malformed or unreadable file
+is a mismatch, not a crash.
 
 Each problem is reported as ``<study>/<visit>: <file>: <what>``.
 """
 
 from __future__ import annotations
 
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
-from icf import IcfError, doing
+from icf import IcfError
+from icf.annex import branch_logs, dataset_config_files, dataset_uuids, deposit_description
+from icf.dataset import visit_files
 from icf.dicom import EXPORTED_TAGS
-from icf.metadata import (checked_member_path, describe_member, expected_md5, read_dicom_records,
-                          read_tarball_record)
+from icf.git import isolated_git_env, run_git
+from icf.metadata import ArchiveScan
+from icf.records import TarballRecord, read_dicom_records, read_md5sum, read_tarball_record
 from icf.store import Visit
-from icf.tarball import HashingReader, iter_tar
+from icf.tarball import latest_member_mtime
 
 
 def archive_problems(visit: Visit) -> Iterator[str]:
     """Mismatches between the archive, its .md5sum and the two JSON files."""
     try:
         tarball = read_tarball_record(visit)
-        listed = {record["path"]: record for record in read_dicom_records(visit)}
-        recorded = expected_md5(visit)
+        listed = {record.path: record for record in read_dicom_records(visit)}
+        recorded = read_md5sum(visit)
     except IcfError as exc:
         yield str(exc)
         return
     if recorded is None:
         yield f"{visit.md5sum.name}: missing"
-    for field, value in (("dspath", visit.dataset_tar_path), ("storepath", visit.store_tar_path)):
-        if tarball[field] != value:
-            yield f"{visit.metadata_tarball.name}: {field} is {tarball[field]!r}, but should be {value!r}"
-    seen: set[str] = set()
-    name = str(visit.tarball)
+    dicoms_name = visit.metadata_dicoms.name
+    scan = ArchiveScan(visit)
     try:
-        with doing("reading the archive", visit.tarball), open(visit.tarball, "rb") as raw:
-            source = HashingReader(raw)
-            for entry, read in iter_tar(source, name):
-                path = checked_member_path(entry, visit.archive_top, seen, name)
-                if entry.is_dir:
-                    continue
-                md5, tags = describe_member(read)
-                record = listed.pop(path, None)
-                if record is None:
-                    if tags is not None:
-                        yield f"{path}: DICOM in the archive but not in {visit.metadata_dicoms.name}"
-                    continue
-                if (record["md5"], record["size"]) != (md5, entry.size):
-                    yield (f"{path}: md5 {md5} size {entry.size} in the archive, but "
-                           f"{record['md5']} size {record['size']} in {visit.metadata_dicoms.name}")
-                for tag in EXPORTED_TAGS:
-                    derived = tags.get(tag, "") if tags is not None else None
-                    if record[tag] != derived:
-                        yield (f"{path}: {tag} is {str(record[tag])[:200]!r} in "
-                               f"{visit.metadata_dicoms.name}, but "
-                               + ("the member is not DICOM" if derived is None
-                                  else f"{str(derived)[:200]!r} in the archive"))
+        for member in scan:
+            record = listed.pop(member.path, None)
+            if record is None:
+                if member.tags is not None:
+                    yield f"{member.path}: DICOM in the archive but not in {dicoms_name}"
+                continue
+            if (record.md5, record.size) != (member.md5, member.size):
+                yield (f"{member.path}: md5 {member.md5} size {member.size} in the archive, but "
+                       f"{record.md5} size {record.size} in {dicoms_name}")
+            for tag in EXPORTED_TAGS:
+                derived = member.tags.get(tag, "") if member.tags is not None else None
+                if record.tags[tag] != derived:
+                    yield (f"{member.path}: {tag} is {str(record.tags[tag])[:200]!r} in {dicoms_name}, but "
+                           + ("the member is not DICOM" if derived is None
+                              else f"{str(derived)[:200]!r} in the archive"))
     except IcfError as exc:  # a missing or corrupt archive is a finding, not a crash
         yield str(exc)
         return
-    digest = source.md5.hexdigest()
-    if recorded is not None and recorded != digest:
-        yield f"{visit.tarball.name}: md5 is {digest}, {visit.md5sum.name} says {recorded}"
-    if (tarball["md5"], tarball["size"]) != (digest, source.size):
-        yield (f"{visit.tarball.name}: md5 {digest} size {source.size}, but "
-               f"{visit.metadata_tarball.name} says {tarball['md5']} size {tarball['size']}")
+    if recorded is not None and recorded != scan.md5:
+        yield f"{visit.tarball.name}: md5 is {scan.md5}, {visit.md5sum.name} says {recorded}"
+    derived_record = TarballRecord.of(visit, scan.size, scan.md5)
+    for field in TarballRecord.FIELDS:
+        found, expected = getattr(tarball, field), getattr(derived_record, field)
+        if found != expected:
+            yield (f"{visit.metadata_tarball.name}: {field} is {found!r}, but the archive "
+                   f"gives {expected!r}")
     for path in listed:
-        yield f"{path}: listed in {visit.metadata_dicoms.name} but not in the archive"
+        yield f"{path}: listed in {dicoms_name} but not in the archive"
 
 
 def verify(visit: Visit, store_url: str) -> list[str]:
@@ -84,7 +83,132 @@ def verify(visit: Visit, store_url: str) -> list[str]:
         raise IcfError(f"{visit.tarball}: no such archive and no metadata: nothing to verify")
     problems = list(archive_problems(visit))
     if visit.deposit_refs.exists() or visit.deposit_repo_export.exists():
-        from icf.dataset import deposit_problems
-
         problems.extend(deposit_problems(visit, store_url))
     return [f"{visit.study}/{visit.visit}: {problem}" for problem in problems]
+
+
+# -- reading a deposit back --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deposit:
+    """What the two deposit files hold, read without cloning: the files of
+    the ``main`` and ``git-annex`` branches, path -> (mode, content)."""
+
+    main: dict[str, tuple[str, bytes]]
+    annex: dict[str, tuple[str, bytes]]
+
+
+def read_deposit(visit: Visit) -> Deposit:
+    """Read ``XDLRA--repo-export`` (a ZIP of a bare git repository) and
+    check that ``XDLRA--refs`` names exactly the branches it holds. Four git
+    processes, whatever the size. Anything unreadable (a damaged ZIP, a
+    repository git cannot read, refs that are not refs) is IcfError."""
+    name = visit.deposit_repo_export
+    try:
+        text = visit.deposit_refs.read_text(encoding="utf-8")
+        refs = dict(line.split(" ", 1)[::-1] for line in text.splitlines() if " " in line)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IcfError(f"{visit.deposit_refs}: unreadable ({exc})") from None
+    if "refs/heads/main" not in refs:
+        raise IcfError(f"{visit.deposit_refs}: no refs/heads/main")
+    env = isolated_git_env()
+    with tempfile.TemporaryDirectory(prefix="icf-verify-") as bare:
+        try:
+            with zipfile.ZipFile(name) as archive:
+                archive.extractall(bare)
+        except Exception as exc:  # zipfile raises many kinds on damaged data
+            raise IcfError(f"{name}: not a readable deposit ({type(exc).__name__}: {exc})") from None
+        exported = dict(line.split(" ", 1)[::-1] for line in run_git(
+            Path(bare), env, "for-each-ref", "--format=%(objectname) %(refname)").decode().splitlines())
+        if {**exported, "HEAD": "@refs/heads/main"} != refs or text != _refs_text(refs):
+            raise IcfError(f"{visit.deposit_refs}: names other commits than {name.name} holds "
+                           "(an interrupted deposit? rerun deposit_visit_dataset --force)")
+        try:
+            return Deposit(*(_branch_files(Path(bare), env, branch) for branch in ("main", "git-annex")))
+        except IcfError as exc:
+            raise IcfError(f"{name}: not a readable deposit ({str(exc).replace(bare, '<repo>')})") from None
+
+
+def _refs_text(refs: dict[str, str]) -> str:
+    """``XDLRA--refs`` as datalad-annex writes it: ``<sha> <ref>`` lines
+    sorted by ref, then ``@refs/heads/main HEAD``, no trailing newline."""
+    lines = [f"{sha} {ref}" for ref, sha in sorted(refs.items()) if ref != "HEAD"]
+    return "".join(line + "\n" for line in [*lines, f"{refs.get('HEAD')} HEAD"])
+
+
+def _branch_files(repo: Path, env: dict[str, str], branch: str) -> dict[str, tuple[str, bytes]]:
+    entries = [entry.split(b"\t", 1) for entry in
+               run_git(repo, env, "ls-tree", "-r", "-z", f"refs/heads/{branch}").split(b"\0") if entry]
+    files = [(path.decode("utf-8", "surrogateescape"), info.split()) for info, path in entries]
+    blobs = run_git(repo, env, "cat-file", "--batch",
+                    input=b"".join(info[2] + b"\n" for _, info in files))
+    contents = {}
+    for path, info in files:
+        header, _, blobs = blobs.partition(b"\n")
+        fields = header.split()
+        if len(fields) != 3 or fields[1] != b"blob" or not fields[2].isdigit() or len(fields[2]) > 12:
+            raise IcfError(f"{repo}: {branch}: {path!r} is not a file ({header[:80]!r})")
+        size = int(fields[2])
+        contents[path] = (info[0].decode(), blobs[:size])
+        blobs = blobs[size + 1:]
+    return contents
+
+
+_LOG_KINDS = {".log.web": "URL", ".log.met": "git-annex metadata", ".log": "location log"}
+
+
+def _log_key(branch_path: str) -> str:
+    """The key a git-annex branch file is about (``uuid.log``: ``uuid``)."""
+    name = branch_path.rsplit("/", 1)[-1]
+    suffix = next((suffix for suffix in _LOG_KINDS if name.endswith(suffix)), "")
+    return name[:len(name) - len(suffix)]
+
+
+def deposit_problems(visit: Visit, store_url: str) -> Iterator[str]:
+    """Everything in the deposit that differs from what the metadata JSON,
+    the archive and ``store_url`` give: each annexed file's path and key,
+    the dataset's own files, and every file of the git-annex branch (the
+    archive's URL, each DICOM's archivist locator, each key's metadata and
+    location, the remotes and UUIDs)."""
+    try:
+        deposit = read_deposit(visit)
+        files = visit_files(visit, store_url)
+        timestamp = latest_member_mtime(visit.tarball)
+    except IcfError as exc:
+        yield str(exc)
+        return
+    name = visit.deposit_refs.name
+    uuids = dataset_uuids(visit)
+    for path, content in dataset_config_files(uuids).items():
+        if deposit.main.pop(path, None) != ("100644", content):
+            yield f"{path}: missing or changed in the dataset deposit {name}"
+    paths_of_key: dict[str, list[str]] = {}
+    reported: set[str] = set()  # keys already named: their git-annex logs differ too
+    for item in files:
+        paths_of_key.setdefault(item.key, []).append(item.path)
+        mode, target = deposit.main.pop(item.path, ("", b""))
+        found_key = target.decode("utf-8", "replace").rsplit("/", 1)[-1]
+        if not mode:
+            reported.add(item.key)
+            yield f"{item.path}: missing from the dataset deposit {name}"
+        elif mode != "120000" or not target.endswith(f"/{item.key}/{item.key}".encode()):
+            reported.update((item.key, found_key))
+            yield f"{item.path}: key {found_key} in the dataset deposit, but {item.key} from the metadata"
+    for path, (_, target) in deposit.main.items():
+        reported.add(target.decode("utf-8", "replace").rsplit("/", 1)[-1])
+        yield f"{path}: in the dataset deposit {name}, but not in the metadata"
+    expected = dict(branch_logs(files, uuids, deposit_description(visit), timestamp))
+    for path in [path for path in {*expected, *deposit.annex} if _log_key(path) in reported]:
+        expected.pop(path, None)
+        deposit.annex.pop(path, None)
+    for path, content in expected.items():
+        found = deposit.annex.pop(path, ("", None))[1]
+        if found != content:
+            about = ", ".join(paths_of_key.get(_log_key(path), [path]))
+            what = next((kind for suffix, kind in _LOG_KINDS.items() if path.endswith(suffix)), "record")
+            shown = "missing" if found is None else repr(found.decode("utf-8", "replace").strip()[:200])
+            yield (f"{about}: {what} in the dataset deposit is {shown}, but the metadata and "
+                   f"store URL give {content.decode('utf-8', 'replace').strip()[:200]!r}")
+    for path in deposit.annex:
+        yield f"git-annex branch file {path} in the dataset deposit {name} is not from the metadata"
