@@ -4,6 +4,11 @@
 #   make STUDY=x catalog                      every visit of study x that has an archive
 #   make help                                 all targets
 #
+# For development (on this checkout; none of them needs STUDY):
+#   make test         ruff, mypy, then the whole test suite (what CI runs)
+#   make test-fast    the test suite without the tests marked slow (about a minute)
+#   make lint         ruff and mypy only (their settings: pyproject.toml)
+#
 # Variables (set on the command line, e.g. make STORE=/data/store ...):
 #   STORE      root directory of the store            (default: the current directory)
 #   STUDY      study ID                               (required for store targets)
@@ -12,11 +17,15 @@
 #   INPUT      the visit's DICOM directory            (needed only to build an archive)
 #   STORE_URL  URL at which users reach the store's root, for clone URLs
 #              (default: the file:// URL of STORE)
-#   VENV       virtual environment with the pinned requirements
-#              (default: .venv beside this Makefile; made on first use)
+#   VENV       virtual environment with the pinned requirements: the tools'
+#              (requirements.txt) and those of tests, docs and lint
+#              (requirements-dev.txt) (default: .venv beside this Makefile;
+#              made on first use, refreshed when either file changes)
 #   PYTHON     the Python that runs the tools         (default: $(VENV)/bin/python;
 #              set PYTHON=python3 VENV_READY= where the requirements are installed,
 #              as in the container)
+#   DOCS_OUT   where `make docs` writes the HTML     (default: docs/_build/html
+#              beside this Makefile)
 # Values are taken literally: make never expands them (a '$' stays a '$', so
 # '$(shell ...)' is just text) and no shell parses them; they reach the tools
 # through the environment (ICF_STORE, ICF_STUDY, ICF_VISIT, ICF_INPUT,
@@ -93,7 +102,7 @@ ID_RULE := letters, digits, '.', '_' and '-', not starting with '.' or '-'
 # command line or in the environment (never expanded), else DEFAULT
 literal = $(if $(filter undefined default,$(origin $1)),$2,$(value $1))
 
-USER_VARIABLES := STORE STUDY VISIT INPUT STORE_URL VENV PYTHON VENV_READY
+USER_VARIABLES := STORE STUDY VISIT INPUT STORE_URL VENV PYTHON VENV_READY DOCS_OUT
 # make would expand a command-line value to put it into the recipes'
 # environment (running any $(shell ...) in it): never export them
 $(foreach v,$(USER_VARIABLES),$(if $(filter command line override,$(origin $v)),$(eval unexport $v)))
@@ -112,7 +121,8 @@ override ICF_PYTHON := $(call literal,PYTHON,$(ICF_VENV)/bin/python)
 VENV_READY_FILE := $(call literal,VENV_READY,$(ICF_VENV)/.requirements-installed)
 $(call check_target_chars,VENV,$(ICF_VENV))
 $(call check_target_chars,VENV_READY,$(VENV_READY_FILE))
-export ICF_HOME ICF_VENV ICF_PYTHON ICF_MAKEFILE
+override ICF_DOCS_OUT := $(call literal,DOCS_OUT,$(ICF)/docs/_build/html)
+export ICF_HOME ICF_VENV ICF_PYTHON ICF_MAKEFILE ICF_DOCS_OUT
 
 # --- the store --------------------------------------------------------------------
 
@@ -123,7 +133,7 @@ override ICF_INPUT := $(call literal,INPUT,)
 override ICF_STORE_URL := $(call literal,STORE_URL,)
 export ICF_STORE ICF_STUDY ICF_INPUT ICF_STORE_URL
 
-OTHER_GOALS := help demo test bench docs venv
+OTHER_GOALS := help demo test test-fast lint bench docs venv
 ifneq ($(filter-out $(OTHER_GOALS),$(or $(MAKECMDGOALS),help)),)
   # a store target (or a file): check every value before any recipe runs
   ifeq ($(ICF_STORE),)
@@ -164,7 +174,7 @@ ifneq ($(filter-out $(OTHER_GOALS),$(or $(MAKECMDGOALS),help)),)
     $(error no visit: set VISIT=<visit ID>, or build an archive in $(STUDY_DIR) first)
   endif
 else
-  # help, demo, test, bench, docs, venv: the store's rules stay unused
+  # help, demo, test, test-fast, lint, bench, docs, venv: the store's rules stay unused
   STUDY_DIR := $(ICF)/.no-store/study
   VISITS :=
 endif
@@ -196,7 +206,7 @@ STORE_URL_OPTION = $${ICF_STORE_URL:+--store-url="$$ICF_STORE_URL"}
 
 .DELETE_ON_ERROR:
 .SUFFIXES:
-.PHONY: help archive metadata dataset catalog verify demo test bench docs venv
+.PHONY: help archive metadata dataset catalog verify demo test test-fast lint bench docs venv
 
 # Every store file, whichever way it is asked for: never deleted by make
 # (.DELETE_ON_ERROR and interrupts spare precious files; GNU make 4.3 matches
@@ -224,10 +234,13 @@ verify-%: | $(VENV_READY_FILE)
 	$(RUN_TOOL) verify_visit $(IDS) $(STORE_URL_OPTION)
 ## Other targets:
 ##   demo       the whole pipeline on the bundled sample visit, into ./demo-store
-##   test       the test suite (pytest)
+##   test       ruff, mypy, then the whole test suite (pytest); fails if any of them fails
+##   test-fast  the test suite without the tests marked slow (pytest -m 'not slow'), about a minute
+##   lint       ruff (lib, bin, tests, docs) and mypy (lib, bin); settings in pyproject.toml
 ##   bench      speed figures of every step on a replicated 5,460-file visit, with baselines
-##   docs       the documentation (Sphinx, warnings as errors) in docs/_build/html
-##   venv       create or refresh the virtual environment from requirements.txt
+##   docs       the documentation (Sphinx, warnings as errors) in docs/_build/html (or DOCS_OUT)
+##   venv       create or refresh the virtual environment from requirements-dev.txt
+##              (which includes requirements.txt)
 ##   help       this list
 
 # the visit, for each store rule: the stem, through the environment
@@ -250,9 +263,10 @@ $(STUDY_DIR)/catalog/visits/%.json: $(STUDY_DIR)/%_metadata_tarball.json \
 	$(RUN_TOOL) catalogify_studyvisit_from_meta $(IDS) $(STORE_URL_OPTION)
 
 venv: $(VENV_READY_FILE)
-$(ICF_VENV)/.requirements-installed: $(ICF)/requirements.txt
+# the tools' requirements and those of tests, docs and lint (which include the former)
+$(ICF_VENV)/.requirements-installed: $(ICF)/requirements.txt $(ICF)/requirements-dev.txt
 	test -x "$$ICF_VENV/bin/python" || python3 -m venv "$$ICF_VENV"
-	"$$ICF_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$$ICF_HOME/requirements.txt"
+	"$$ICF_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$$ICF_HOME/requirements-dev.txt"
 	touch "$$ICF_VENV/.requirements-installed"
 
 override ICF_DEMO_STORE := $(CURDIR)/demo-store
@@ -270,12 +284,27 @@ demo: | $(VENV_READY_FILE)
 	  "$$ICF_DEMO_STORE/demo/catalog/visits/visit1.json") && \
 	  echo "  cd /tmp && $${d:+PATH=$$d:\$$PATH }datalad clone '$$url' visit1"
 
+# `$(CHECKS) <command>; <command>; ...` runs each `python -m <command>` from
+# the checkout's root (where pyproject.toml has the settings), every one even
+# after one failed (CI sees all of them); it fails if any failed, naming those.
+# ruff covers lib, bin (its Python scripts), tests and docs; mypy lib and bin.
+CHECKS = @$(SET_PATH) cd "$$ICF_HOME" || exit 2; failed=; \
+  check() { echo "$$*"; "$$ICF_PYTHON" -m "$$@" || failed="$$failed $$1"; }; \
+  checked() { test -z "$$failed" || { echo "make $@: failed:$$failed" >&2; exit 1; }; };
+LINT_CHECKS := check ruff check --quiet --output-format=concise .; check mypy
+
 test: | $(VENV_READY_FILE)
-	$(SET_PATH) cd "$$ICF_HOME" && "$$ICF_PYTHON" -m pytest -ra tests
+	$(CHECKS) $(LINT_CHECKS); check pytest -ra tests; checked
+
+test-fast: | $(VENV_READY_FILE)
+	$(SET_PATH) cd "$$ICF_HOME" && "$$ICF_PYTHON" -m pytest -ra -m "not slow" tests
+
+lint: | $(VENV_READY_FILE)
+	$(CHECKS) $(LINT_CHECKS); checked
 
 bench: | $(VENV_READY_FILE)
 	$(SET_PATH) cd "$$ICF_HOME" && "$$ICF_PYTHON" tests/bench.py
 
 docs: | $(VENV_READY_FILE)
-	$(SET_PATH) "$$ICF_PYTHON" -m sphinx -W --keep-going -q -b html "$$ICF_HOME/docs" "$$ICF_HOME/docs/_build/html"
-	@echo "docs: $$ICF_HOME/docs/_build/html/index.html"
+	$(SET_PATH) "$$ICF_PYTHON" -m sphinx -W --keep-going -q -b html "$$ICF_HOME/docs" "$$ICF_DOCS_OUT"
+	@echo "docs: $$ICF_DOCS_OUT/index.html"
