@@ -70,12 +70,15 @@ def make_dicom(path: Path, *, preamble: bool = True, implicit: bool = False,
     ds.SeriesNumber = 3
     ds.MRAcquisitionType = "3D"
     ds.PatientName = "Doe^Jane"
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["one study"])
     for keyword, value in tags.items():
         if value is None:
             if keyword in ds:
                 delattr(ds, keyword)
         else:
             setattr(ds, keyword, value)
+    if "SeriesInstanceUID" not in tags:  # one series per SeriesNumber, unless a test says otherwise
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[f"series {ds.get('SeriesNumber')}"])
     if pixel_bytes:
         ds.Rows, ds.Columns, ds.BitsAllocated = 256, pixel_bytes // 512, 16
         ds.PixelData = bytes(pixel_bytes)
@@ -114,3 +117,73 @@ def store(tmp_path) -> Path:
     path = tmp_path / "store"
     path.mkdir()
     return path
+
+
+def pydicom_read(path: Path):
+    """pydicom's reading of ``path``'s header, or None if pydicom does not read
+    it as DICOM: ``dcmread``, else (no Part-10 preamble) ``dcmread(force=True)``
+    if what that reads starts like a DICOM data set: a file meta group, or a
+    group 0008 element first (force=True makes "elements" of any bytes)."""
+    import warnings
+
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            pass
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        except Exception:
+            return None
+    first = next(iter(ds.keys()), None)  # in file order
+    if getattr(ds, "file_meta", None) or (first is not None and first >> 16 == 0x0008):
+        return ds
+    return None
+
+
+def assert_read_like_pydicom(path: Path, ds) -> None:
+    """Our header walk reads ``path`` as DICOM with what pydicom read (``ds``):
+    the exported tags and the identity, each computed here from pydicom."""
+    import warnings
+
+    from pydicom.multival import MultiValue
+    from pydicom.uid import UID
+
+    from icf.dicom import DICOMDIR_SOP_CLASS, EXPORTED_TAGS, Identity, NotDicom, read_file_header
+
+    def as_json(value):
+        if value is None or value == "":
+            return ""
+        if isinstance(value, MultiValue):
+            return [str(v).strip() for v in value]
+        return int(value) if type(value).__name__ == "IS" else str(value).strip(" \0")
+
+    def text(value) -> str:
+        return "" if value is None else str(value).strip(" \0")
+
+    with warnings.catch_warnings():  # pydicom converts values on first access
+        warnings.simplefilter("ignore")
+        tags = {k: as_json(ds.get(k)) for k in EXPORTED_TAGS}
+        # the rule of DicomHeader.identity(), restated over pydicom's reading
+        sop_class = text(ds.get("SOPClassUID")) or text(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID"))
+        if sop_class == DICOMDIR_SOP_CLASS:
+            kind = "dicomdir"
+        elif sop_class:
+            kind = "image" if "Image Storage" in UID(sop_class).name else "other"
+        else:
+            kind = "image" if "Rows" in ds else "other"
+        frames = as_json(ds.get("NumberOfFrames"))
+        expected = Identity(
+            kind=kind, frames=frames if isinstance(frames, int) and frames > 0 else 1,
+            instance_number=as_json(ds.get("InstanceNumber")), sop_instance=text(ds.get("SOPInstanceUID")),
+            study=text(ds.get("StudyInstanceUID")), series=text(ds.get("SeriesInstanceUID")),
+        )
+    try:
+        header = read_file_header(path)
+    except NotDicom as exc:
+        pytest.fail(f"{path}: pydicom reads it, we say {exc}")
+    assert header.technical_tags() == tags, path
+    assert header.identity() == expected, path

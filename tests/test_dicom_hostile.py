@@ -122,7 +122,7 @@ WANTED_FIRST = (text(0x00080005, b"CS", "ISO_IR 100") + text(0x00080020, b"DA", 
 WANTED_LAST = text(0x00180023, b"CS", "3D") + text(0x00200011, b"IS", "7")
 STUDY_TIMESTAMP = calendar.timegm((2024, 1, 2, 3, 4, 5))
 EXPECTED_TAGS = {"SeriesDescription": "after the nest", "SeriesNumber": 7, "Modality": "MR",
-                 "MRAcquisitionType": "3D", "ProtocolName": "", "PulseSequenceName": ""}
+                 "MRAcquisitionType": "3D", "ProtocolName": "", "PulseSequenceName": "", "SequenceName": ""}
 
 
 # -- 1: deflate bombs --------------------------------------------------------

@@ -9,7 +9,8 @@ name. Two layouts count:
   endian, deflated explicit VR little endian; encapsulated pixel data
   syntaxes encode the header as explicit VR little endian);
 - a bare data set without preamble (older exports): the file starts with a
-  meta group (0002,xxxx) or with a group-0008 element, and the element walk
+  meta group (0002,xxxx) or with a group-0008 element, in little endian or
+  (without a meta group) explicit VR big endian, and the element walk
   below succeeds over every element up to the tags we need, with tags in
   ascending order (random files fail this within a few bytes).
 
@@ -86,7 +87,20 @@ EXPORTED_TAGS: dict[str, int] = {
     "MRAcquisitionType": 0x00180023,
     "ProtocolName": 0x00181030,
     "PulseSequenceName": 0x00189005,
+    "SequenceName": 0x00180024,
 }
+
+# What a file is and where it belongs; read, never exported as they are (UIDs
+# are linkable identifiers): see DicomHeader.identity().
+MEDIA_STORAGE_SOP_CLASS_UID, TRANSFER_SYNTAX_UID = 0x00020002, 0x00020010
+SOP_CLASS_UID, SOP_INSTANCE_UID = 0x00080016, 0x00080018
+STUDY_INSTANCE_UID, SERIES_INSTANCE_UID = 0x0020000D, 0x0020000E
+INSTANCE_NUMBER = 0x00200013
+NUMBER_OF_FRAMES, ROWS = 0x00280008, 0x00280010
+IDENTITY_TAGS = frozenset({SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_INSTANCE_UID, SERIES_INSTANCE_UID,
+                           INSTANCE_NUMBER, NUMBER_OF_FRAMES, ROWS})
+#: SOP classes (0008,0016, or (0002,0002) of a file without it) of a DICOMDIR.
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 TIMESTAMP_TAGS = frozenset({
     STUDY_DATE, SERIES_DATE, ACQUISITION_DATE, CONTENT_DATE, ACQUISITION_DATETIME,
@@ -97,7 +111,7 @@ TIMESTAMP_TAGS = frozenset({
 def all_tags() -> frozenset[int]:
     """Every tag a full header read looks for: timestamps, exported tags and
     the character set (read from :data:`EXPORTED_TAGS` on each call)."""
-    return TIMESTAMP_TAGS | set(EXPORTED_TAGS.values()) | {SPECIFIC_CHARACTER_SET}
+    return TIMESTAMP_TAGS | IDENTITY_TAGS | set(EXPORTED_TAGS.values()) | {SPECIFIC_CHARACTER_SET}
 
 
 _IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -132,12 +146,34 @@ class Element:
     value: bytes
 
 
+TagValue = Union[str, int, list[str]]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a DICOM file is and where it belongs (:meth:`DicomHeader.identity`).
+
+    The UIDs are for grouping and comparing inside one run only: they are
+    linkable identifiers (and often embed dates and device serials), so no
+    output may hold them as they are.
+    """
+
+    kind: str  # "image", "dicomdir" or "other"
+    frames: int
+    instance_number: TagValue
+    sop_instance: str
+    study: str
+    series: str
+
+
 @dataclass(frozen=True)
 class DicomHeader:
     """The elements of :func:`all_tags` (or those asked for) found in a file's header."""
 
     elements: dict[int, Element]
     is_little_endian: bool
+    #: MediaStorageSOPClassUID (0002,0002) from the file meta group, if any
+    media_sop_class: str = ""
 
     def text(self, tag: int) -> str:
         """An ASCII-only value (dates, times, offsets, character sets)
@@ -187,7 +223,7 @@ class DicomHeader:
                 return local - (own_offset if own_offset is not None else offset or 0)
         return None
 
-    def technical_tags(self) -> dict[str, Union[str, int, list[str]]]:
+    def technical_tags(self) -> dict[str, TagValue]:
         """The :data:`EXPORTED_TAGS` as JSON-native values, in that order.
 
         - text is decoded with the file's SpecificCharacterSet (0008,0005)
@@ -209,7 +245,46 @@ class DicomHeader:
         """
         return {name: self._json_value(tag) for name, tag in EXPORTED_TAGS.items()}
 
-    def _json_value(self, tag: int) -> Union[str, int, list[str]]:
+    def identity(self) -> Identity:
+        """What the file is and where it belongs (see :class:`Identity`).
+
+        ``kind`` is decided by the SOP class: SOPClassUID (0008,0016), or
+        the meta group's MediaStorageSOPClassUID (0002,0002) without it.
+
+        - ``dicomdir``: Media Storage Directory Storage (1.2.840.10008.1.3.10);
+        - ``image``: a SOP class whose name in the standard's registry
+          (pydicom's UID dictionary) contains "Image Storage": MR, Enhanced
+          MR, Legacy Converted Enhanced MR, CT, PET, Secondary Capture,
+          their multi-frame and retired forms. A file with no SOP class at
+          all is an image if it has Rows (0028,0010) (pre-DICOM exports);
+        - ``other``: anything else: structured reports (Siemens' Phoenix
+          protocol), spectroscopy, raw data, presentation states, private or
+          unknown SOP classes.
+
+        ``frames`` is NumberOfFrames (0028,0008) when that is a positive
+        integer, else 1 (a classic single-frame image, or no image at all).
+        ``instance_number`` is InstanceNumber (0020,0013) as an exported
+        value is (an int when it is one integer, else text, ``""`` if
+        missing).
+        """
+        sop_class = self.text(SOP_CLASS_UID) or self.media_sop_class
+        if sop_class == DICOMDIR_SOP_CLASS:
+            kind = "dicomdir"
+        elif sop_class:
+            kind = "image" if "Image Storage" in _uid_name(sop_class) else "other"
+        else:
+            kind = "image" if ROWS in self.elements else "other"
+        frames = self.text(NUMBER_OF_FRAMES)
+        return Identity(
+            kind=kind,
+            frames=int(frames) if _INTEGER.fullmatch(frames) and int(frames) > 0 else 1,
+            instance_number=self._json_value(INSTANCE_NUMBER),
+            sop_instance=self.text(SOP_INSTANCE_UID),
+            study=self.text(STUDY_INSTANCE_UID),
+            series=self.text(SERIES_INSTANCE_UID),
+        )
+
+    def _json_value(self, tag: int) -> TagValue:
         element = self.elements.get(tag)
         if element is None or not element.value:
             return ""
@@ -258,6 +333,12 @@ class DicomHeader:
                 return convert_encodings(names) if any(names) else ["iso8859"]
         except Exception:
             return ["iso8859"]
+
+
+def _uid_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    return UID(uid).name
 
 
 def _dictionary_vr(tag: int) -> str:
@@ -395,14 +476,15 @@ def _parse(data: bytes, wanted: frozenset[int], complete: bool) -> DicomHeader:
     stop_after = max(wanted)
     if data[128:132] == b"DICM":
         start, preamble = 132, True
-    elif data[:2] in (b"\x02\x00", b"\x08\x00"):
+    elif data[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x08"):  # meta group, or group 8 LE or BE
         start, preamble = 0, False
     else:
         raise NotDicom("no DICM prefix and no data set at the start")
     walker = _Walker(data, complete)
-    pos, syntax = start, None
+    pos, meta = start, dict[int, str]()
     if data[start:start + 2] == b"\x02\x00":
-        pos, syntax = walker.meta_group(start)
+        pos, meta = walker.meta_group(start)
+    syntax = meta.get(TRANSFER_SYNTAX_UID)
 
     guessed = syntax is None
     if syntax in _DEFLATED:
@@ -413,14 +495,14 @@ def _parse(data: bytes, wanted: frozenset[int], complete: bool) -> DicomHeader:
             raise NotDicom(f"deflated data set does not inflate: {exc}") from None
         # at HEADER_LIMIT inflated bytes the walker stops by itself (_need)
         walker, pos = _Walker(inflated, complete or inflater.eof), 0
-    little = syntax != _EXPLICIT_BE
+    little = syntax != _EXPLICIT_BE and (preamble or data[:2] != b"\x00\x08")
     # Like pydicom, trust the first element over the transfer syntax: some
     # writers declare explicit VR and write implicit VR, or the reverse.
     implicit = walker.data[pos + 4:pos + 6] not in _LONG_VRS | _SHORT_VRS
     elements = walker.data_set(pos, implicit, little, wanted, stop_after, strict=not preamble or guessed)
     if (guessed or not preamble) and not elements.found_any:
         raise NotDicom("no DICOM element found at the start")
-    return DicomHeader(elements.wanted, little)
+    return DicomHeader(elements.wanted, little, meta.get(MEDIA_STORAGE_SOP_CLASS_UID, ""))
 
 
 @dataclass
@@ -443,23 +525,24 @@ class _Walker:
         if end > len(self.data):
             raise _EndOfData if self.complete or end > HEADER_LIMIT else _Truncated
 
-    def meta_group(self, pos: int) -> tuple[int, str | None]:
+    def meta_group(self, pos: int) -> tuple[int, dict[int, str]]:
         """Walk the file meta group (explicit VR little endian); return where
-        the data set starts and its transfer syntax UID. A group cut short by
-        the end of the data ends there, with the transfer syntax if found."""
-        syntax = None
+        the data set starts and the meta group's UIDs: transfer syntax
+        (0002,0010) and media storage SOP class (0002,0002), those found. A
+        group cut short by the end of the data ends there."""
+        uids: dict[int, str] = {}
         try:
             while self.data[pos:pos + 2] == b"\x02\x00":
                 tag, vr, length, value_at = self.element_header(pos, False, True)
                 if length == _UNDEFINED:
                     raise NotDicom("undefined length in the file meta group")
-                if tag == 0x00020010:
+                if tag in (TRANSFER_SYNTAX_UID, MEDIA_STORAGE_SOP_CLASS_UID):
                     self._need(value_at + length)
-                    syntax = self.data[value_at:value_at + length].decode("ascii", "replace").strip(" \0")
+                    uids[tag] = self.data[value_at:value_at + length].decode("ascii", "replace").strip(" \0")
                 pos = value_at + length
         except _EndOfData:
-            return len(self.data), syntax
-        return pos, syntax
+            return len(self.data), uids
+        return pos, uids
 
     def element_header(self, pos: int, implicit: bool, little: bool) -> tuple[int, bytes | None, int, int]:
         """(tag, VR or None, value length, value offset) of the element at pos."""
