@@ -206,7 +206,7 @@ STORE_URL_OPTION = $${ICF_STORE_URL:+--store-url="$$ICF_STORE_URL"}
 
 .DELETE_ON_ERROR:
 .SUFFIXES:
-.PHONY: help archive metadata dataset catalog verify demo test test-fast lint bench docs venv
+.PHONY: help archive metadata dataset catalog verify report demo test test-fast lint bench docs venv
 
 # Every store file, whichever way it is asked for: never deleted by make
 # (.DELETE_ON_ERROR and interrupts spare precious files; GNU make 4.3 matches
@@ -232,6 +232,9 @@ verify: $(VISITS:%=verify-%)
 verify-%: override export ICF_VISIT = $*
 verify-%: | $(VENV_READY_FILE)
 	$(RUN_TOOL) verify_visit $(IDS) $(STORE_URL_OPTION)
+##   report     a table of the study's visits: DICOMs, series, images, size, findings
+report: | $(VENV_READY_FILE)
+	$(RUN_TOOL) report_study --store-dir="$$ICF_STORE" --id "$$ICF_STUDY"
 ## Other targets:
 ##   demo       the whole pipeline on the bundled sample visit, into ./demo-store
 ##   test       ruff, mypy, then the whole test suite (pytest); fails if any of them fails

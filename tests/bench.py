@@ -32,11 +32,12 @@ sys.path.insert(0, str(REPO / "lib"))
 
 
 def replicated_visit(files: int) -> Path:
-    """A directory of ``files`` DICOMs in 6 series folders (cached)."""
+    """A directory of ``files`` DICOMs in 6 series (folders, SeriesNumbers and
+    SeriesInstanceUIDs), cached; the name's ``r2`` marks that layout."""
     import pydicom
     from pydicom.uid import generate_uid
 
-    target = WORK / f"visit-{files}"
+    target = WORK / f"visit-{files}-r2"
     if target.exists() and sum(1 for _ in target.rglob("*.dcm")) == files:
         return target
     shutil.rmtree(target, ignore_errors=True)
@@ -47,6 +48,7 @@ def replicated_visit(files: int) -> Path:
         series = index % 6 + 1
         ds.SOPInstanceUID = generate_uid(entropy_srcs=["icf-bench", str(index)])
         ds.SeriesNumber = series * 100 + 1
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=["icf-bench-series", str(series)])
         ds.SeriesDescription = ds.ProtocolName = f"bench_series_{series}"
         path = target / f"series-{series}" / f"{index:06d}.dcm"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,8 +218,9 @@ def main() -> None:
                         help="visits in the catalog before the timed one (default: 100)")
     parser.add_argument("--header-files", type=int, default=1000,
                         help="DICOMs of the visit the header readers read (default: 1000)")
-    parser.add_argument("--only", choices=["header"],
-                        help="only this figure: header, the DICOM header reader beside pydicom")
+    parser.add_argument("--only", choices=["header", "steps12"],
+                        help="only these figures: header, the DICOM header reader beside pydicom; "
+                        "steps12, steps 1 and 2 beside their baselines")
     parser.add_argument("--replicate-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
@@ -232,6 +235,8 @@ def main() -> None:
     visit_dir = replicated_visit(args.files)
     store = bench_archive(visit_dir, args.files + 1, args.runs)
     bench_metadata(store, args.files + 1, args.runs)
+    if args.only == "steps12":
+        return
     sys.stdout.flush()
     subprocess.run([sys.executable, __file__, "--only", "header", "--files", str(args.files),
                     "--header-files", str(args.header_files), "--runs", str(args.runs)], check=True)

@@ -28,51 +28,52 @@ from icf.catalog import (  # noqa: E402
     human_size,
     offline_index,
     remote_refs,
-    series_of,
     study_id,
     visit_id,
 )
 from icf.dicom import EXPORTED_TAGS  # noqa: E402
-from icf.records import DicomRecord  # noqa: E402
+from icf.records import DicomRecord, Finding, SeriesSummary, TarballRecord, series_order  # noqa: E402
 from icf.store import Visit, default_store_url  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent.parent / "bin" / "catalogify_studyvisit_from_meta"
 STUDY = "study-1"
 
 #: (SeriesNumber, SeriesDescription, ProtocolName, Modality, MRAcquisitionType,
-#:  PulseSequenceName, number of images): a visit's series, deliberately unsorted
+#:  PulseSequenceName, number of files, frames per file): a visit's series,
+#:  deliberately unsorted; Modality SR makes the files non-image objects
 SERIES = [
-    (10, "func run 1", "fmri_task", "MR", "2D", "epfid2d1_64", 3),
-    (2, "T1w MPRAGE", "t1_mprage", "MR", "3D", "tfl3d1_16ns", 2),
-    ("", "phoenix report", "", "SR", "", "", 1),
+    (10, "func run 1", "fmri_task", "MR", "2D", "epfid2d1_64", 3, 1),
+    (2, "T1w MPRAGE", "t1_mprage", "MR", "3D", "tfl3d1_16ns", 2, 64),
+    ("", "phoenix report", "", "SR", "", "", 1, 1),
 ]
+FINDINGS = [Finding("not-dicom", 2, "2 file(s) are not DICOM: archived, but in no list or dataset",
+                    ["a/readme.txt", "a/notes"])]
 
 
-def write_visit_metadata(store: Path, study: str, visit: str, series=SERIES,
+def write_visit_metadata(store: Path, study: str, visit: str, series=SERIES, findings=FINDINGS,
                          tar_size: int = 123_456_789, extra: dict | None = None) -> Visit:
-    """Write ``<visit>_metadata_tarball.json`` and ``_metadata_dicoms.json`` per docs/formats.rst.
+    """Write ``<visit>_metadata_tarball.json`` and ``_metadata_dicoms.json``
+    as step 2 would for ``series`` (through icf.records, the formats' owner).
 
     ``extra`` adds fields to every DICOM entry (to smuggle PHI in).
     """
     v = Visit(store, study, visit)
     v.study_dir.mkdir(parents=True, exist_ok=True)
-    v.metadata_tarball.write_text(json.dumps({
-        "size": tar_size, "md5": "0123456789abcdef0123456789abcdef",
-        "dspath": v.dataset_tar_path, "storepath": v.store_tar_path,
-    }))
-    entries = []
-    for number, description, protocol, modality, acq, pulse, images in series:
-        for i in range(images):
-            entries.append({
-                "path": f"{v.archive_top}/s{number}/{i:04d}.dcm",
-                "md5": f"{i:032x}", "size": 1000 + i,
-                **dict.fromkeys(EXPORTED_TAGS, ""),
-                "SeriesDescription": description, "SeriesNumber": number,
-                "Modality": modality, "MRAcquisitionType": acq,
-                "ProtocolName": protocol, "PulseSequenceName": pulse,
-                **(extra or {}),
-            })
-    v.metadata_dicoms.write_text(json.dumps(entries))
+    dicoms, summaries = [], []
+    for index, (number, description, protocol, modality, acq, pulse, files, frames) in enumerate(series):
+        tags = {**dict.fromkeys(EXPORTED_TAGS, ""), "SeriesDescription": description, "SeriesNumber": number,
+                "Modality": modality, "MRAcquisitionType": acq, "ProtocolName": protocol,
+                "PulseSequenceName": pulse}
+        key, kind = f"{index:016x}", "other" if modality == "SR" else "image"
+        for i in range(files):
+            dicoms.append({**DicomRecord(f"{v.archive_top}/s{number}/{i:04d}.dcm", f"{i:032x}", 1000 + i,
+                                         key, kind, frames, i + 1, tags).json_value(), **(extra or {})})
+        if kind == "image":
+            summaries.append(SeriesSummary(key, tags, files, files * frames))
+    summaries.sort(key=lambda s: series_order(s.tags["SeriesNumber"]))
+    v.metadata_tarball.write_bytes(TarballRecord.of(v, tar_size, "0123456789abcdef0123456789abcdef",
+                                                    summaries, findings).json())
+    v.metadata_dicoms.write_text(json.dumps(dicoms))
     return v
 
 
@@ -108,26 +109,6 @@ def metadata_bytes(catalog: Path) -> dict[str, bytes]:
 
 # -- pure functions -------------------------------------------------------------
 
-def test_series_grouped_by_all_tags_and_sorted_by_number():
-    dicoms = [
-        {"SeriesNumber": 10, "SeriesDescription": "b", "ProtocolName": "p", "Modality": "MR",
-         "MRAcquisitionType": "2D", "PulseSequenceName": ""},
-        {"SeriesNumber": 2, "SeriesDescription": "a", "ProtocolName": "p", "Modality": "MR",
-         "MRAcquisitionType": ["2D", "3D"], "PulseSequenceName": ""},
-        {"SeriesNumber": "", "SeriesDescription": "c", "ProtocolName": "", "Modality": "SR",
-         "MRAcquisitionType": "", "PulseSequenceName": ""},
-        {"SeriesNumber": 10, "SeriesDescription": "b", "ProtocolName": "p", "Modality": "MR",
-         "MRAcquisitionType": "2D", "PulseSequenceName": ""},
-        {"SeriesNumber": 10, "SeriesDescription": "other", "ProtocolName": "p", "Modality": "MR",
-         "MRAcquisitionType": "2D", "PulseSequenceName": ""},
-    ]
-    records = [DicomRecord(f"t/{i}", "0" * 32, 1, tags) for i, tags in enumerate(dicoms)]
-    got = [(row["series number"], row["series description"], row["MR acquisition type"],
-            row["number of images"]) for row in (s.row() for s in series_of(records))]
-    assert got == [("2", "a", "2D, 3D", 1), ("10", "b", "2D", 2), ("10", "other", "2D", 1),
-                   ("", "c", "", 1)]
-
-
 @pytest.mark.parametrize("size,text", [
     (0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (123_456_789, "117.7 MiB"),
     (5 * 1024**4, "5.0 TiB"), (3 * 1024**5, "3072.0 TiB"),
@@ -160,17 +141,22 @@ def test_visit_and_study_records(tmp_path):
     assert rec["top_display"] == [
         {"name": "TAR size", "value": "117.7 MiB"},
         {"name": "DICOM files", "value": 6},
-        {"name": "Series", "value": 3},
+        {"name": "Series", "value": 2},  # image series: the report is no series
+        {"name": "Images", "value": 3 + 2 * 64},  # frames
+        {"name": "Findings", "value": 1},
     ]
-    [tab] = rec["additional_display"]
+    tab, findings = rec["additional_display"]
     assert tab["name"] == "DICOM"
     rows = list(tab["content"].values())
-    assert [r["series number"] for r in rows] == ["2", "10", ""]
+    assert [r.get("series number") for r in rows] == ["2", "10", None]
+    assert list(tab["content"])[-1] == "Other DICOM objects" and rows[-1] == {"other objects": 1}
     assert rows[0] == {
-        "series number": "2", "series description": "T1w MPRAGE", "protocol name": "t1_mprage",
-        "modality": "MR", "MR acquisition type": "3D", "pulse sequence name": "tfl3d1_16ns",
-        "number of images": 2,
+        "series number": "2", "series description": "T1w MPRAGE", "modality": "MR",
+        "MR acquisition type": "3D", "protocol name": "t1_mprage", "pulse sequence name": "tfl3d1_16ns",
+        "sequence name": "", "files": 2, "images": 128,
     }
+    assert findings == {"name": "Findings", "icon": "fas fa-exclamation-triangle",
+                        "content": {"not-dicom": FINDINGS[0].message}}
 
     study = study_rec(store)
     assert study["name"] == STUDY and study["description"]
@@ -203,20 +189,21 @@ def test_rerun_is_idempotent_and_updates_replace(tmp_path):
     assert metadata_bytes(catalog) == before  # same bytes, same files
 
     # new metadata for visit-a: every value must be replaced, nothing merged
-    write_visit_metadata(store, STUDY, "visit-a", series=[(7, "dwi", "dti", "MR", "2D", "ep_b", 4)],
-                         tar_size=2048)
+    write_visit_metadata(store, STUDY, "visit-a", series=[(7, "dwi", "dti", "MR", "2D", "ep_b", 4, 1)],
+                         findings=[], tar_size=2048)
     for _ in range(2):
         catalogify(store, "visit-a")
     rec = visit_rec(store, "visit-a")
     assert rec["keywords"] == ["2D", "MR", "dti", "dwi", "ep_b"]
     assert rec["top_display"] == [{"name": "TAR size", "value": "2.0 KiB"},
                                   {"name": "DICOM files", "value": 4},
-                                  {"name": "Series", "value": 1}]
+                                  {"name": "Series", "value": 1},
+                                  {"name": "Images", "value": 4}]
     assert list(rec["additional_display"][0]["content"]) == ["Series 7"]
     assert len(rec["additional_display"]) == 1
     assert rec["metadata_sources"]["sources"] == [{"source_name": "icf-utils", "source_version": "1"}]
     # keywords that became empty do not survive either
-    write_visit_metadata(store, STUDY, "visit-a", series=[(7, "", "", "", "", "", 1)])
+    write_visit_metadata(store, STUDY, "visit-a", series=[(7, "", "", "", "", "", 1, 1)])
     catalogify(store, "visit-a")
     assert "keywords" not in visit_rec(store, "visit-a")
 
@@ -348,7 +335,7 @@ def test_catalog_renders_offline_in_chromium(tmp_path):
 
         browser.click_text("a.subdataset", "visit-b")  # the study page links each visit
         browser.wait_for_text("DICOM data of visit visit-b", "TAR size: 117.7 MiB",
-                              "DICOM files: 6", "Series: 3")
+                              "DICOM files: 6", "Series: 2", "Images: 131", "Findings: 1")
         # Navigating inside the app happens to open the last tab; a fresh load
         # of the visit page opens "Content", from where a user clicks "DICOM".
         browser.reload()
@@ -362,10 +349,14 @@ def test_catalog_renders_offline_in_chromium(tmp_path):
         browser.click_text("a[role=tab]", "DICOM")
         page = browser.wait_for_text("series description: T1w MPRAGE")
         table = page[page.index("Series 2"):]
-        assert table.index("Series 2") < table.index("Series 10") < table.index("Series (no number)")
+        assert table.index("Series 2") < table.index("Series 10")
+        assert "Series (no number)" not in table and "phoenix report" not in table
+        assert "other objects: 1" in table
         for text in ("protocol name: fmri_task", "MR acquisition type: 3D",
-                     "pulse sequence name: epfid2d1_64", "number of images: 3", "modality: SR"):
+                     "pulse sequence name: epfid2d1_64", "files: 3", "images: 128"):
             assert text in table
+        browser.click_text("a[role=tab]", "Findings")
+        browser.wait_for_text("2 file(s) are not DICOM: archived, but in no list or dataset")
         browser.click_text("button", "Download with DataLad")  # the catalog's own clone hint
         browser.wait_for_text(f"datalad clone {clone_url}")
         assert browser.requests and non_local(browser.requests) == []

@@ -135,7 +135,8 @@ def test_clone_get_metadata_view_fsck(deposited, tmp_path):
     tarball = json.loads(visit.metadata_tarball.read_text())
     assert md5_of(ds / visit.dataset_tar_path) == tarball["md5"]
     meta = json.loads(run(["git", "annex", "metadata", "--json", first["path"]], cwd=ds, env=env).stdout)
-    for tag in ("SeriesDescription", "SeriesNumber", "Modality", "MRAcquisitionType", "ProtocolName"):
+    for tag in ("SeriesDescription", "SeriesNumber", "Modality", "MRAcquisitionType", "ProtocolName",
+                "series", "InstanceNumber"):
         assert meta["fields"][tag] == [str(first[tag])]
     assert "PulseSequenceName" not in meta["fields"]  # empty in the JSON: not set
     run(["git", "annex", "fsck", "--fast", "-q"], cwd=ds, env=env)
@@ -281,13 +282,25 @@ def assert_branch_made_by_batch_commands(visit: Visit, ds: Path, ref: Path, env:
     batch(ref, env_ref, ["registerurl", "--batch", "-z", "--json", "--remote=archivist"], "".join(
         f"{annex_key(r['md5'], r['size'], r['path'])} "
         f"dl+archive:{tar_key}#path={r['path']}&size={r['size']}\0" for r in records))
+    # metadata: every field of the record but where and what the file is, all
+    # values of a multi-valued tag, once per key (identical files share one)
+    first_of_key = {annex_key(r["md5"], r["size"], r["path"]): r for r in reversed(records)}
     batch(ref, env_ref, ["metadata", "--batch", "--json"], "".join(json.dumps({
-        "key": annex_key(r["md5"], r["size"], r["path"]),
-        "fields": {t: [str(r[t])] for t in ("SeriesDescription", "SeriesNumber", "Modality",
-                                             "MRAcquisitionType", "ProtocolName", "PulseSequenceName")
-                   if r[t] != ""}}) + "\n" for r in records))
+        "key": key, "fields": fields}) + "\n" for key, r in reversed(first_of_key.items())
+        if (fields := metadata_of(r))))
     run(["git", "annex", "merge", "-q"], cwd=ref, env=env_ref)
     assert branch_files(ref, "git-annex", env_ref) == ours
+
+
+def metadata_of(record: dict) -> dict[str, list[str]]:
+    """The git-annex metadata a DICOM record should give: its fields but
+    path, md5, size, kind and frames, each with its non-empty values."""
+    fields = {}
+    for name, value in record.items():
+        values = [str(v) for v in (value if isinstance(value, list) else [value]) if str(v) != ""]
+        if name not in ("path", "md5", "size", "kind", "frames") and values:
+            fields[name] = values
+    return fields
 
 
 def batch(repo: Path, env: dict, args: list, stdin: str) -> None:
@@ -329,6 +342,56 @@ def test_odd_paths_work_end_to_end(tmp_path):
     run(["git", "annex", "fsck", "--fast", "-q"], cwd=ds, env=env)
     # odd names in URLs, metadata values with spaces (base64 in the log), keys with extensions
     assert_branch_made_by_batch_commands(visit, ds, tmp_path / "ref", env)
+
+
+@pytest.mark.slow
+def test_multivalued_tags_identical_files_and_views(tmp_path):
+    """A multi-valued tag is several git-annex values, identical DICOMs at
+    two paths each keep their own archivist URL, and ``git annex view`` by
+    sequence and by series works in a clone without content."""
+    source = tmp_path / "input"
+    make_dicom(source / "t1" / "a.dcm", SeriesNumber=2, ProtocolName=["T1 MPRAGE", "repeat"],
+               SequenceName="*tfl3d1_16ns", InstanceNumber=1)
+    (source / "copy").mkdir()
+    shutil.copy(source / "t1" / "a.dcm", source / "copy" / "same.dcm")
+    make_dicom(source / "bold" / "b.dcm", SeriesNumber=5, SequenceName="epfid2d1_64", InstanceNumber=1)
+    visit = visit_store(tmp_path / "store", source)
+    result = deposit(visit, env=clean_env(tmp_path / "home"))
+    assert result.returncode == 0, result.stderr
+    env = user_env(tmp_path / "user")
+    ds = tmp_path / "clone"
+    clone(visit.clone_url(visit.store.resolve().as_uri()), ds, env)
+    records = {r["path"].split("/", 1)[1]: r for r in dicom_records(visit)}
+    same_key = {r["md5"] for name, r in records.items() if name in ("t1/a.dcm", "copy/same.dcm")}
+    assert len(same_key) == 1  # one key, two paths
+    whereis = json.loads(run(["git", "annex", "whereis", "--json", records["copy/same.dcm"]["path"]],
+                             cwd=ds, env=env).stdout)
+    urls = [url for w in whereis["whereis"] for url in w.get("urls", [])]
+    assert sorted(url.split("#path=")[1] for url in urls) == [
+        f"{records[name]['path']}&size={records[name]['size']}" for name in ("copy/same.dcm", "t1/a.dcm")]
+    meta = json.loads(run(["git", "annex", "metadata", "--json", records["t1/a.dcm"]["path"]],
+                          cwd=ds, env=env).stdout)
+    assert sorted(meta["fields"]["ProtocolName"]) == ["T1 MPRAGE", "repeat"]
+    assert meta["fields"]["SequenceName"] == ["*tfl3d1_16ns"]
+    assert_branch_made_by_batch_commands(visit, ds, tmp_path / "ref", env)
+
+    def view(*fields: str) -> set[tuple[str, ...]]:
+        run(["git", "annex", "view", *fields], cwd=ds, env=env)
+        shown = {p.relative_to(ds).parts for p in ds.rglob("*")
+                 if p.is_symlink() and not p.relative_to(ds).parts[0].startswith(".")}
+        run(["git", "annex", "vpop"], cwd=ds, env=env)
+        return shown
+
+    by_sequence = view("SequenceName=*")
+    assert {parts[0] for parts in by_sequence} == {"*tfl3d1_16ns", "epfid2d1_64"}
+    assert {len(parts) for parts in by_sequence} == {2} and len(by_sequence) == 3
+    series = {name: r["series"] for name, r in records.items()}
+    assert {parts[0] for parts in view("series=*")} == set(series.values()) and len(set(series.values())) == 2
+    by_protocol = {parts[0] for parts in view("ProtocolName=*") if parts[1].startswith("a")}
+    assert by_protocol == {"T1 MPRAGE", "repeat"}  # one file under each of its values
+    run([VENV_BIN / "datalad", "get", "."], cwd=ds, env=env)
+    for name, record in records.items():
+        assert md5_of(ds / record["path"]) == record["md5"], name
 
 
 @pytest.mark.parametrize("name", ["amp&ersand.dcm", "hash#tag.dcm"])

@@ -144,8 +144,10 @@ def test_docs_build_without_warnings(tmp_path):
     for page in ("index", "user", "admin", "reference", "developer", "formats"):
         assert (html / f"{page}.html").is_file(), page
     reference = (html / "reference.html").read_text()
-    for script in STEP_SCRIPTS + ("verify_visit",):
+    formats = (html / "formats.html").read_text()
+    for script in STEP_SCRIPTS + ("verify_visit", "report_study"):
         assert f"usage: {script}" in reference, script
+        assert f"{script} [-h]" in formats, script
 
 
 @pytest.mark.slow

@@ -18,8 +18,9 @@ from conftest import REPO, SAMPLE_VISIT, make_dicom, run_tool
 from measure import measure
 from pydicom.dataelem import DataElement
 
-FIELDS = ["path", "md5", "size", "SeriesDescription", "SeriesNumber", "Modality",
-          "MRAcquisitionType", "ProtocolName", "PulseSequenceName"]
+FIELDS = ["path", "md5", "size", "series", "kind", "frames", "InstanceNumber", "SeriesDescription",
+          "SeriesNumber", "Modality", "MRAcquisitionType", "ProtocolName", "PulseSequenceName", "SequenceName"]
+SAMPLE_SERIES = "f86afc94fa249a70"  # series_key("study", the sample's SeriesInstanceUID)
 
 
 def archive(store, input_dir, study="study", visit="visit"):
@@ -63,18 +64,29 @@ def test_real_sample_gives_exactly_the_contract_fields(store):
     assert result.returncode == 0, result.stderr
     tarball, dicoms = load(store)
     data = tar.read_bytes()
-    assert tarball == {"size": len(data), "md5": hashlib.md5(data).hexdigest(),
-                       "dspath": "icf/visit_dicom.tar", "storepath": "study/visit_dicom.tar"}
+    sample_tags = {"SeriesDescription": "func_task-oneback_run-1", "SeriesNumber": 401, "Modality": "MR",
+                   "MRAcquisitionType": "2D", "ProtocolName": "func_task-oneback_run-1",
+                   "PulseSequenceName": "", "SequenceName": ""}
+    first = "study_visit/run1-a/MR.1.3.46.670589.11.38317.5.0.4476.2014042516042547586"
+    assert tarball == {
+        "size": len(data), "md5": hashlib.md5(data).hexdigest(),
+        "dspath": "icf/visit_dicom.tar", "storepath": "study/visit_dicom.tar",
+        "series": [{"series": SAMPLE_SERIES, **sample_tags, "files": 12, "frames": 12}],
+        "findings": [  # 12 of the series' 3,753 images are in the sample
+            {"code": "instance-gaps", "count": 1, "paths": [first],
+             "message": "1 image series with gaps or repeats in InstanceNumber: series 401: 3741 missing"},
+            {"code": "not-dicom", "count": 2, "paths": ["study_visit/LICENSE-PDDL.txt", "study_visit/README.txt"],
+             "message": "2 file(s) are not DICOM: archived, but in no list or dataset"},
+        ]}
     assert len(dicoms) == 12 and all(list(d) == FIELDS for d in dicoms)
     with tarfile.open(tar) as t:
         for record in dicoms:
             content = t.extractfile(record["path"]).read()
             assert record["md5"] == hashlib.md5(content).hexdigest() and record["size"] == len(content)
-    assert dicoms[0] | {"path": "", "md5": "", "size": 0} == {
-        "path": "", "md5": "", "size": 0, "SeriesDescription": "func_task-oneback_run-1",
-        "SeriesNumber": 401, "Modality": "MR", "MRAcquisitionType": "2D",
-        "ProtocolName": "func_task-oneback_run-1", "PulseSequenceName": ""}
-    assert "2 of 14 files in the archive are not DICOM" in result.stderr
+    assert dicoms[0] == {"path": first, "md5": "e14593a00fc5f79c9eabe8dd629c2843", "size": 21128,
+                         "series": SAMPLE_SERIES, "kind": "image", "frames": 1, "InstanceNumber": 1,
+                         **sample_tags}
+    assert result.stderr.count("deposit_visit_metadata: not-dicom: 2 file(s) are not DICOM") == 1
 
 
 def test_bad_ids_are_usage_errors(store):
@@ -126,7 +138,8 @@ def test_dicoms_without_preamble_and_dicomdir_are_listed(tmp_path, store):
     _, dicoms = load(store)
     assert [d["path"] for d in dicoms] == ["study_visit/DICOMDIR", "study_visit/bare"]
     assert dicoms[1]["Modality"] == "MR" and dicoms[0]["Modality"] == ""
-    assert "1 of 3 files in the archive are not DICOM" in result.stderr
+    assert [d["kind"] for d in dicoms] == ["dicomdir", "image"]
+    assert "not-dicom: 1 file(s) are not DICOM" in result.stderr
 
 
 # -- 4: values ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from conftest import SAMPLE_VISIT, run_tool
 from icf import IcfError
 from icf.annex import annexed_files, branch_logs, dataset_uuids
 from icf.archive import make_archive
-from icf.catalog import read_summary, visit_record
+from icf.catalog import read_facts, visit_record
 from icf.dicom import EXPORTED_TAGS
 from icf.metadata import deposit_metadata
 from icf.records import DicomRecord, read_dicom_records, read_tarball_record
@@ -51,7 +51,7 @@ def test_a_tag_added_in_one_line_reaches_every_output(visit, monkeypatch):
                 branch_logs(files, dataset_uuids(visit), "d", 0) if path.endswith(".log.met")]
     assert len(metadata) == len(records) and all(b" EchoTime +30" in line for line in metadata)
 
-    record = visit_record(visit, read_summary(visit), url)
+    record = visit_record(visit, read_facts(visit), url)
     rows = record["additional_display"][0]["content"].values()
     assert rows and all(row["echo time"] == "30" for row in rows)
     assert "30" in record["keywords"]

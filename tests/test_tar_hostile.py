@@ -145,7 +145,7 @@ def test_the_crafted_good_archive_is_read(store):
         assert tar.getnames() == [f"{TOP}/a.dcm", f"{TOP}/b.dcm"]
     visit = place(store, GOOD)
     summary = deposit_metadata(visit)
-    assert (summary.members, summary.size) == (2, len(GOOD))
+    assert (summary.members, summary.record.size) == (2, len(GOOD))
     assert latest_member_mtime(visit.tarball) == 1_400_000_000
 
 

@@ -31,7 +31,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from icf.dicom import EXPORTED_TAGS
 from icf.records import DicomRecord, TarballRecord
 from icf.store import Visit, derived_uuid, git_refusal
 
@@ -62,7 +61,7 @@ class AnnexedFile:
     key: str
     url: str
     remote: str  # one of SPECIAL_REMOTES
-    metadata: tuple[tuple[str, str], ...] = ()
+    metadata: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (field, values), see metadata_fields
 
 
 def key_extension(name: str, max_length: int = 4, max_count: int = 2) -> str:
@@ -117,6 +116,19 @@ def deposit_refusal(path: str) -> str | None:
     return git_refusal(path)
 
 
+def metadata_fields(record: DicomRecord) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A DICOM's git-annex metadata: every exported tag, its ``series`` key
+    and ``InstanceNumber``, each with its values (a multi-valued tag has
+    several; empty values are left out, and so is a field without any)."""
+    fields = {**record.tags, "series": record.series, "InstanceNumber": record.instance}
+    found = []
+    for name, value in fields.items():
+        values = tuple(str(v) for v in (value if isinstance(value, list) else [value]) if str(v) != "")
+        if values:
+            found.append((name, values))
+    return tuple(found)
+
+
 def annexed_files(visit: Visit, tarball: TarballRecord, dicoms: Iterable[DicomRecord],
                   store_url: str) -> list[AnnexedFile]:
     """The TAR and every DICOM as annexed files; raises ValueError naming
@@ -128,11 +140,10 @@ def annexed_files(visit: Visit, tarball: TarballRecord, dicoms: Iterable[DicomRe
         refusal = deposit_refusal(record.path)
         if refusal:
             problems.append(f"{record.path!r} {refusal}")
-        tags = ((tag, str(record.tags[tag])) for tag in EXPORTED_TAGS)
         files.append(AnnexedFile(
             record.path, annex_key(record.md5, record.size, record.path),
             f"dl+archive:{tar_key}#path={record.path}&size={record.size}", "archivist",
-            tuple((tag, value) for tag, value in tags if value != ""),
+            metadata_fields(record),
         ))
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
@@ -147,7 +158,13 @@ def branch_logs(files: list[AnnexedFile], uuids: dict[str, str], description: st
     <description>``, ``initremote`` of the two special remotes,
     ``registerurl --remote`` and ``metadata`` write at ``timestamp``:
     ``uuid.log`` and ``remote.log`` (lines sorted by UUID), and per key its
-    location log (present in its remote), URL log and metadata log."""
+    location log (present in its remote), URL log and metadata log.
+
+    Files with the same content share a key: its URL log then has one line
+    per path, in the order of ``files`` (the order ``registerurl --batch``
+    appends them in), and its metadata is the first file's (identical bytes
+    give identical tags). A field's values are sorted by their UTF-8 bytes,
+    fields case-insensitively, as ``git annex metadata`` writes them."""
     stamp = f"{timestamp}s"
     names = {uuids["annex"]: description, **{uuids[r]: r for r in SPECIAL_REMOTES}}
     yield "uuid.log", "".join(f"{u} {names[u]} timestamp={stamp}\n" for u in sorted(names)).encode()
@@ -155,13 +172,20 @@ def branch_logs(files: list[AnnexedFile], uuids: dict[str, str], description: st
         f"{uuids[r]} autoenable=true encryption=none externaltype={r} name={r} "
         f"type=external timestamp={stamp}\n"
         for r in sorted(SPECIAL_REMOTES, key=uuids.__getitem__)).encode()
+    by_key: dict[str, list[AnnexedFile]] = {}
     for item in files:
-        base = branch_dir(item.key) + item.key
-        yield base + ".log", f"{stamp} 1 {uuids[item.remote]}\n".encode()
-        yield base + ".log.web", f"{stamp} 1 :{item.url}\n".encode()
-        if item.metadata:
-            fields = sorted(item.metadata, key=lambda fv: fv[0].casefold())
-            line = " ".join(f"{field} +{metadata_value(value)}" for field, value in fields)
+        by_key.setdefault(item.key, []).append(item)
+    for key, items in by_key.items():
+        base = branch_dir(key) + key
+        first = items[0]
+        yield base + ".log", f"{stamp} 1 {uuids[first.remote]}\n".encode()
+        urls = dict.fromkeys(item.url for item in items)
+        yield base + ".log.web", "".join(f"{stamp} 1 :{url}\n" for url in urls).encode()
+        if first.metadata:
+            fields = sorted(first.metadata, key=lambda fv: fv[0].casefold())
+            line = " ".join(
+                " ".join([field, *(f"+{metadata_value(v)}" for v in sorted(values, key=str.encode))])
+                for field, values in fields)
             yield base + ".log.met", f"{stamp} {line}\n".encode()
 
 

@@ -39,11 +39,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ArchiveSummary:
+    """What step 1 reports: files and DICOMs archived, the archive's size
+    and md5, and how many symlinks led outside the input directory."""
+
     files: int
     dicoms: int
     size: int
     md5: str
-    #: symlinks followed to files outside the input directory
     outside_links: int
 
     def __str__(self) -> str:
@@ -75,7 +77,10 @@ def make_archive(visit: Visit, input_dir: Path, progress: Progress = no_progress
     found = [dicom_timestamp(item) for item in progress(files, len(files))]
     dated = [timestamp for _, timestamp in found if timestamp is not None]
     latest = max(dated, default=0)
-    if len(dated) < len(files):
+    if not dated:
+        log.warning("none of the %d files has a usable DICOM timestamp; all get 1970-01-01 00:00:00 UTC",
+                    len(files))
+    elif len(dated) < len(files):
         log.warning(
             "%d of %d files have no usable DICOM timestamp; they get the latest one, %s",
             len(files) - len(dated), len(files),

@@ -2,7 +2,9 @@
 
 ``<store>/<study>/catalog/`` is a static web site. Its home page is the study
 (every visit a subdataset); each visit has a page with its clone URL, a few
-figures and a "DICOM" tab listing its series. Everything shown comes from the
+figures (DICOM files, image series, images), a "DICOM" tab listing its
+image series (one row each, then a row counting DICOMDIR and other
+objects) and, when there are any, a "Findings" tab. Everything shown comes from the
 visit's two metadata JSON files (only the whitelisted tags, sizes and
 counts; no paths, no checksums) plus the study/visit IDs and the store URL.
 
@@ -47,12 +49,10 @@ from collections import Counter
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Iterable, Union
 
 from icf import IcfError, doing
-from icf.dicom import EXPORTED_TAGS
 from icf.output import json_bytes, locked, read_json, write_files
-from icf.records import DicomRecord, TagValue, read_dicom_records, read_tarball_record
+from icf.records import Finding, SeriesSummary, TagValue, read_dicom_records, read_tarball_record
 from icf.store import Visit, derived_uuid
 
 #: The one version of every record: records are updated in place, not versioned.
@@ -73,33 +73,18 @@ LOCAL_ASSETS = {
     "https://unpkg.com/vue@2.6.14/dist/vue.js": "assets/vue.2.6.14.min.js",
 }
 
-@dataclass(frozen=True, order=True)
-class Series:
-    """One series of a visit: its exported tags as shown, and how many DICOM files."""
-
-    sort_key: tuple  # series sort by it (see series_sort_key)
-    tags: tuple[tuple[str, str], ...]  # (tag keyword, value as shown), in EXPORTED_TAGS order
-    images: int
-
-    @property
-    def number(self) -> str:
-        return dict(self.tags)["SeriesNumber"]
-
-    def row(self) -> dict[str, Union[str, int]]:
-        """The series as a table row: series number first, then every
-        exported tag under its :func:`tag_label`, then the image count."""
-        return {tag_label("SeriesNumber"): self.number,
-                **{tag_label(tag): value for tag, value in self.tags if tag != "SeriesNumber"},
-                "number of images": self.images}
-
-
 @dataclass(frozen=True)
-class VisitSummary:
+class VisitFacts:
     """What the catalog shows about a visit, read from its metadata JSON."""
 
     tar_size: int
     dicoms: int
-    series: list[Series]
+    #: files and frames of kind image, and how many of each other kind
+    images: int
+    frames: int
+    others: dict[str, int]
+    series: list[SeriesSummary]
+    findings: list[Finding]
     #: every distinct non-empty text value of an exported tag, sorted
     keywords: list[str]
 
@@ -118,34 +103,26 @@ def shown(value: TagValue) -> str:
     return str(value)
 
 
-def series_sort_key(number: TagValue) -> tuple:
-    """Numbers first, ascending; anything else (empty, text) after, by text."""
-    if isinstance(number, int):
-        return (0, number, "")
-    return (1, 0, shown(number))
+def series_row(series: SeriesSummary) -> dict[str, str | int]:
+    """A series as a table row: series number first, then every exported
+    tag under its :func:`tag_label`, then its files and images (frames)."""
+    return {tag_label("SeriesNumber"): shown(series.tags["SeriesNumber"]),
+            **{tag_label(tag): shown(value) for tag, value in series.tags.items() if tag != "SeriesNumber"},
+            "files": series.files, "images": series.frames}
 
 
-def series_of(dicoms: Iterable[DicomRecord]) -> list[Series]:
-    """Group DICOM records by their exported tags, sorted by series number.
-
-    A series is the combination of all exported tags (not the number alone):
-    two different series that share a number stay apart.
-    """
-    counts: Counter[tuple] = Counter()
-    for record in dicoms:
-        shown_tags = tuple((tag, shown(record.tags[tag])) for tag in EXPORTED_TAGS)
-        counts[(series_sort_key(record.tags["SeriesNumber"]), shown_tags)] += 1
-    return sorted(Series(sort_key, tags, images) for (sort_key, tags), images in counts.items())
-
-
-def read_summary(visit: Visit) -> VisitSummary:
+def read_facts(visit: Visit) -> VisitFacts:
     """Read ``<visit>_metadata_tarball.json`` and ``<visit>_metadata_dicoms.json``."""
-    size = read_tarball_record(visit).size
+    tarball = read_tarball_record(visit)
     dicoms = read_dicom_records(visit)
+    kinds = Counter(record.kind for record in dicoms)
     keywords = {shown(value) for record in dicoms for value in record.tags.values()
                 if not isinstance(value, int)}
-    return VisitSummary(tar_size=size, dicoms=len(dicoms), series=series_of(dicoms),
-                        keywords=sorted(keywords - {""}))
+    return VisitFacts(
+        tar_size=tarball.size, dicoms=len(dicoms), images=kinds.pop("image", 0),
+        frames=sum(record.frames for record in dicoms if record.kind == "image"),
+        others=dict(sorted(kinds.items())), series=tarball.series, findings=tarball.findings,
+        keywords=sorted(keywords - {""}))
 
 
 def human_size(size: int) -> str:
@@ -170,14 +147,28 @@ def visit_id(visit: Visit) -> str:
     return derived_uuid(visit.study, visit.visit)
 
 
-def visit_record(visit: Visit, summary: VisitSummary, store_url: str) -> dict:
+def visit_record(visit: Visit, facts: VisitFacts, store_url: str) -> dict:
     """The visit's catalog record (a datalad-catalog dataset item)."""
     table = {}
-    for series in summary.series:
-        key = f"Series {series.number or '(no number)'}"
+    for series in facts.series:
+        key = f"Series {shown(series.tags['SeriesNumber']) or '(no number)'}"
         while key in table:  # another series with the same number
             key += "'"
-        table[key] = series.row()
+        table[key] = series_row(series)
+    if facts.others:  # DICOMDIR and other objects: on a line of their own, not a series
+        table["Other DICOM objects"] = {("DICOMDIR" if kind == "dicomdir" else "other objects"): count
+                                        for kind, count in facts.others.items()}
+    figures = [  # datalad-catalog shows at most five
+        {"name": "TAR size", "value": human_size(facts.tar_size)},
+        {"name": "DICOM files", "value": facts.dicoms},
+        {"name": "Series", "value": len(facts.series)},
+        {"name": "Images", "value": facts.frames},
+    ]
+    tabs = [{"name": "DICOM", "icon": "fas fa-table", "content": table}]
+    if facts.findings:
+        figures.append({"name": "Findings", "value": len(facts.findings)})
+        tabs.append({"name": "Findings", "icon": "fas fa-exclamation-triangle",
+                     "content": {finding.code: finding.message for finding in facts.findings}})
     return {
         "type": "dataset",
         "dataset_id": visit_id(visit),
@@ -185,21 +176,15 @@ def visit_record(visit: Visit, summary: VisitSummary, store_url: str) -> dict:
         "name": visit.visit,
         "description": (
             f"DICOM data of visit {visit.visit} of study {visit.study}: "
-            f"{summary.dicoms} DICOM files in {len(summary.series)} series, archived "
-            f"in one TAR file. Clone the dataset with DataLad (datalad-next installed) "
+            f"{facts.dicoms} DICOM files, {facts.frames} images in {len(facts.series)} image series, "
+            f"archived in one TAR file. Clone the dataset with DataLad (datalad-next installed) "
             f"to browse the files and get any of them on demand. In a shell, quote the "
             f"URL: datalad clone '{visit.clone_url(store_url)}'"
         ),
         "url": visit.clone_url(store_url),
-        "keywords": summary.keywords,
-        "top_display": [
-            {"name": "TAR size", "value": human_size(summary.tar_size)},
-            {"name": "DICOM files", "value": summary.dicoms},
-            {"name": "Series", "value": len(summary.series)},
-        ],
-        "additional_display": [
-            {"name": "DICOM", "icon": "fas fa-table", "content": table},
-        ],
+        "keywords": facts.keywords,
+        "top_display": figures,
+        "additional_display": tabs,
         "metadata_sources": _source(),
     }
 
@@ -399,8 +384,8 @@ def catalogify(visit: Visit, store_url: str, config_file: Path = DEFAULT_CONFIG)
 
     Returns a one-line summary.
     """
-    summary = read_summary(visit)
-    record = visit_record(visit, summary, store_url)
+    facts = read_facts(visit)
+    record = visit_record(visit, facts, store_url)
     with locked(visit.study_dir / ".catalog.lock", wait=True, busy="locked"), \
             doing("updating the catalog", visit.catalog_dir):
         create_site(visit.catalog_dir, config_file)
@@ -408,7 +393,7 @@ def catalogify(visit: Visit, store_url: str, config_file: Path = DEFAULT_CONFIG)
         visit_marker(visit).parent.mkdir(exist_ok=True)
         write_files({**records, visit_marker(visit): json_bytes(record)}, overwrite=True)
     return (
-        f"{visit.catalog_dir}: visit {visit.visit} ({summary.dicoms} DICOMs, "
-        f"{len(summary.series)} series, {human_size(summary.tar_size)}); "
+        f"{visit.catalog_dir}: visit {visit.visit} ({facts.dicoms} DICOMs, "
+        f"{len(facts.series)} series, {human_size(facts.tar_size)}); "
         f"study {visit.study} lists {visits} visit(s)"
     )

@@ -53,8 +53,11 @@ def _checked(check: Callable[[str], str]) -> Callable[[str], str]:
     return checked
 
 
-def argument_parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
-    """A parser with the options every script has, worded the same everywhere."""
+def argument_parser(prog: str, description: str, epilog: str = "",
+                    per_visit: bool = True) -> argparse.ArgumentParser:
+    """A parser with the options every script has, worded the same
+    everywhere; ``--id`` takes a study and a visit ID, or (not
+    ``per_visit``) a study ID alone."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
@@ -66,8 +69,9 @@ def argument_parser(prog: str, description: str, epilog: str = "") -> argparse.A
         help="root directory of the store (default: the current directory)",
     )
     parser.add_argument(
-        "--id", nargs=2, metavar=("STUDY-ID", "VISIT-ID"), type=_checked(check_id), required=True,
-        help="study and visit ID: letters, digits, '.', '_' and '-', "
+        "--id", nargs=2 if per_visit else 1, metavar=("STUDY-ID", "VISIT-ID") if per_visit else "STUDY-ID",
+        type=_checked(check_id), required=True,
+        help=f"study{' and visit' if per_visit else ''} ID: letters, digits, '.', '_' and '-', "
         "not starting with '.' or '-'",
     )
     parser.add_argument(

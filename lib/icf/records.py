@@ -20,59 +20,115 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO, Callable
 
 from icf import IcfError
-from icf.dicom import EXPORTED_TAGS
+from icf.dicom import EXPORTED_TAGS, TagValue
 from icf.output import json_bytes, read_json
-from icf.store import Visit, member_path_problem
+from icf.store import SERIES_KEY, Visit, member_path_problem
 
-#: An exported tag's value: text, an integer (IS), or several texts.
-TagValue = Union[str, int, list[str]]
+#: What a DICOM file is (see :meth:`icf.dicom.DicomHeader.identity`).
+KINDS = ("image", "dicomdir", "other")
+#: The codes of a visit's findings, in the order they are listed (the rule
+#: for each is in :mod:`icf.metadata`); the first two are data-integrity
+#: findings (``deposit_visit_metadata --strict`` fails on them).
+FINDING_CODES = ("mixed-studies", "duplicate-instance-different-bytes", "duplicate-instance-same-bytes",
+                 "instance-gaps", "not-dicom", "no-timestamp", "not-depositable")
+INTEGRITY_CODES = FINDING_CODES[:2]
+#: At most this many paths are named per finding.
+FINDING_PATHS = 10
 
 _MD5 = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
+class SeriesSummary:
+    """One image series of a visit: its key (``series`` of its DICOM
+    records), the exported tags of its first file in archive order, how
+    many files and frames."""
+
+    key: str
+    tags: dict[str, TagValue]
+    files: int
+    frames: int
+
+    def json_value(self) -> dict[str, Any]:
+        return {"series": self.key, **self.tags, "files": self.files, "frames": self.frames}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something odd about a visit: a code of :data:`FINDING_CODES`, how
+    many (files, series or studies, as the message says), a one-line
+    message and the first :data:`FINDING_PATHS` paths concerned."""
+
+    code: str
+    count: int
+    message: str
+    paths: list[str]
+
+    def json_value(self) -> dict[str, Any]:
+        return {"code": self.code, "count": self.count, "message": self.message, "paths": self.paths}
+
+
+@dataclass(frozen=True)
 class TarballRecord:
-    """``<visit>_metadata_tarball.json``: the archive's size and md5, and
-    where it lies in the dataset (``dspath``) and in the store (``storepath``)."""
+    """``<visit>_metadata_tarball.json``: the archive's size and md5, where
+    it lies in the dataset (``dspath``) and in the store (``storepath``),
+    and the visit's summary: its image series and its findings."""
 
     size: int
     md5: str
     dspath: str
     storepath: str
+    series: list[SeriesSummary]
+    findings: list[Finding]
 
-    FIELDS = ("size", "md5", "dspath", "storepath")
+    FIELDS = ("size", "md5", "dspath", "storepath", "series", "findings")
 
     @classmethod
-    def of(cls, visit: Visit, size: int, md5: str) -> "TarballRecord":
+    def of(cls, visit: Visit, size: int, md5: str, series: list[SeriesSummary],
+           findings: list[Finding]) -> "TarballRecord":
         """The record of ``visit``'s archive of ``size`` bytes with ``md5``."""
-        return cls(size, md5, visit.dataset_tar_path, visit.store_tar_path)
+        return cls(size, md5, visit.dataset_tar_path, visit.store_tar_path, series, findings)
+
+    def json_value(self) -> dict[str, Any]:
+        return {"size": self.size, "md5": self.md5, "dspath": self.dspath, "storepath": self.storepath,
+                "series": [s.json_value() for s in self.series],
+                "findings": [f.json_value() for f in self.findings]}
 
     def json(self) -> bytes:
-        return json_bytes({field: getattr(self, field) for field in self.FIELDS})
+        return json_bytes(self.json_value())
 
 
 @dataclass(frozen=True)
 class DicomRecord:
     """One entry of ``<visit>_metadata_dicoms.json``: a DICOM member's path
-    in the archive, md5, size, and its exported tags (in
+    in the archive, md5 and size; its series key (:func:`icf.store.series_key`
+    of its SeriesInstanceUID, ``""`` without one), kind (:data:`KINDS`),
+    frames and InstanceNumber; and its exported tags (in
     :data:`~icf.dicom.EXPORTED_TAGS` order)."""
 
     path: str
     md5: str
     size: int
+    series: str
+    kind: str
+    frames: int
+    instance: TagValue
     tags: dict[str, TagValue]
 
     @staticmethod
     def fields() -> tuple[str, ...]:
-        return ("path", "md5", "size", *EXPORTED_TAGS)
+        return ("path", "md5", "size", "series", "kind", "frames", "InstanceNumber", *EXPORTED_TAGS)
+
+    def json_value(self) -> dict[str, Any]:
+        return {"path": self.path, "md5": self.md5, "size": self.size, "series": self.series,
+                "kind": self.kind, "frames": self.frames, "InstanceNumber": self.instance, **self.tags}
 
     def json(self) -> bytes:
         """The record as one line of JSON (UTF-8, no ASCII escaping)."""
-        value = {"path": self.path, "md5": self.md5, "size": self.size, **self.tags}
-        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return json.dumps(self.json_value(), ensure_ascii=False).encode("utf-8")
 
 
 class DicomListWriter:
@@ -91,6 +147,14 @@ class DicomListWriter:
 
     def close(self) -> None:
         self.out.write(b"\n]\n")
+
+
+def series_order(number: TagValue) -> tuple[int, int, str]:
+    """How series sort by SeriesNumber: numbers first, ascending; anything
+    else (empty, text, several values) after, by text."""
+    if isinstance(number, int):
+        return (0, number, "")
+    return (1, 0, ", ".join(number) if isinstance(number, list) else number)
 
 
 def md5sum_line(visit: Visit, md5: str) -> bytes:
@@ -122,12 +186,16 @@ def _read(path: Path) -> Any:
     return read_json(path, "missing (run deposit_visit_metadata first)")
 
 
-def _is_size(value: Any) -> bool:
+#: A field check: the problem with a value (``is not ...``), or None.
+Check = Callable[[Any], "str | None"]
+
+
+def _expect(ok: Callable[[Any], bool], what: str) -> Check:
+    return lambda value: None if ok(value) else f"is not {what}"
+
+
+def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_md5(value: Any) -> bool:
-    return isinstance(value, str) and _MD5.fullmatch(value) is not None
 
 
 def _is_tag_value(value: Any) -> bool:
@@ -136,67 +204,93 @@ def _is_tag_value(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
-def _fields_problem(value: Any, fields: tuple[str, ...]) -> str | None:
+_STRING = _expect(lambda v: isinstance(v, str), "a string")
+_COUNT = _expect(_is_count, "a count")
+_POSITIVE = _expect(lambda v: _is_count(v) and v > 0, "a positive count")
+_MD5_DIGEST = _expect(lambda v: isinstance(v, str) and _MD5.fullmatch(v) is not None, "an md5 digest")
+_SERIES_KEY = _expect(lambda v: isinstance(v, str) and SERIES_KEY.fullmatch(v) is not None, "a series key")
+_TAG_VALUE = _expect(_is_tag_value, "a string, integer or list of strings")
+
+
+def _object_problem(value: Any, checks: dict[str, Check]) -> str | None:
+    """The first problem of a JSON object that must have exactly the fields of ``checks``."""
     if not isinstance(value, dict):
         return "not a JSON object"
-    if set(value) != set(fields):
-        return f"fields {sorted(value)}, not {list(fields)}"
-    return None
+    if set(value) != set(checks):
+        return f"fields {sorted(value)}, not {list(checks)}"
+    return next((f"{field!r} {problem}" for field, check in checks.items()
+                 if (problem := check(value[field]))), None)
 
 
-def _tarball_problem(value: Any) -> str | None:
-    if problem := _fields_problem(value, TarballRecord.FIELDS):
-        return problem
-    if not _is_size(value["size"]):
-        return "'size' is not a number of bytes"
-    if not _is_md5(value["md5"]):
-        return "'md5' is not an md5 digest"
-    return next((f"{field!r} is not a string" for field in ("dspath", "storepath")
-                 if not isinstance(value[field], str)), None)
+def _list_of(checks: Callable[[], dict[str, Check]], most: int | None = None) -> Check:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, list) or (most is not None and len(value) > most):
+            return "not a list" + (f" of at most {most}" if most is not None else "")
+        return next((f"entry {number}: {problem}" for number, item in enumerate(value, 1)
+                     if (problem := _object_problem(item, checks()))), None)
+    return check
 
 
-def _dicom_problem(value: Any, top: str, seen: set[str]) -> str | None:
-    if problem := _fields_problem(value, DicomRecord.fields()):
-        return problem
-    if not isinstance(value["path"], str):
-        return "'path' is not a string"
-    if problem := member_path_problem(value["path"], top):
-        return f"'path' {problem}"
-    if value["path"] in seen:
-        return "'path' is listed twice"
-    if not _is_md5(value["md5"]):
-        return "'md5' is not an md5 digest"
-    if not _is_size(value["size"]):
-        return "'size' is not a number of bytes"
-    return next((f"tag {tag} is not a string, integer or list of strings"
-                 for tag in EXPORTED_TAGS if not _is_tag_value(value[tag])), None)
+def _tag_checks() -> dict[str, Check]:
+    return dict.fromkeys(EXPORTED_TAGS, _TAG_VALUE)
+
+
+def _series_checks() -> dict[str, Check]:
+    return {"series": _SERIES_KEY, **_tag_checks(), "files": _POSITIVE, "frames": _COUNT}
+
+
+def _tarball_checks() -> dict[str, Check]:
+    return {"size": _COUNT, "md5": _MD5_DIGEST, "dspath": _STRING, "storepath": _STRING,
+            "series": _list_of(_series_checks), "findings": _FINDINGS}
+
+
+_PATHS = _expect(lambda v: isinstance(v, list) and len(v) <= FINDING_PATHS
+                 and all(isinstance(p, str) for p in v), f"a list of at most {FINDING_PATHS} paths")
+_FINDINGS = _list_of(lambda: {"code": _expect(lambda v: v in FINDING_CODES, "a finding code"),
+                              "count": _POSITIVE, "message": _STRING, "paths": _PATHS})
+
+
+def _dicom_checks() -> dict[str, Check]:
+    return {"path": _STRING, "md5": _MD5_DIGEST, "size": _COUNT, "series": _SERIES_KEY,
+            "kind": _expect(lambda v: v in KINDS, f"one of {', '.join(KINDS)}"),
+            "frames": _POSITIVE, "InstanceNumber": _TAG_VALUE, **_tag_checks()}
 
 
 def read_tarball_record(visit: Visit) -> TarballRecord:
-    """``<visit>_metadata_tarball.json``, checked: exactly the fields of
-    :class:`TarballRecord`, ``size`` a count of bytes, ``md5`` 32 lowercase
-    hex digits, ``dspath`` and ``storepath`` strings."""
+    """``<visit>_metadata_tarball.json``, checked field by field (see
+    :class:`TarballRecord`): sizes and counts are non-negative integers,
+    ``md5`` 32 lowercase hex digits, series and findings exactly their fields."""
     value = _read(visit.metadata_tarball)
-    if problem := _tarball_problem(value):
+    if problem := _object_problem(value, _tarball_checks()):
         raise malformed(visit.metadata_tarball, problem)
-    return TarballRecord(**value)
+    return TarballRecord(
+        value["size"], value["md5"], value["dspath"], value["storepath"],
+        [SeriesSummary(s["series"], {tag: s[tag] for tag in EXPORTED_TAGS}, s["files"], s["frames"])
+         for s in value["series"]],
+        [Finding(**f) for f in value["findings"]])
 
 
 def read_dicom_records(visit: Visit) -> list[DicomRecord]:
     """``<visit>_metadata_dicoms.json``, checked: a list of objects, each
-    with exactly :meth:`DicomRecord.fields`: ``path`` a unique relative path
-    under ``<study>_<visit>/``, an md5 ``md5``, a ``size`` and every exported
-    tag (a string, an integer or a list of strings)."""
+    with exactly :meth:`DicomRecord.fields`, ``path`` a unique relative path
+    under ``<study>_<visit>/``, every other field of its type."""
     path = visit.metadata_dicoms
     values = _read(path)
     if not isinstance(values, list):
         raise malformed(path, "not a JSON array")
     records = []
     seen: set[str] = set()
+    checks = _dicom_checks()
     for number, value in enumerate(values, 1):
-        if problem := _dicom_problem(value, visit.archive_top, seen):
+        problem = _object_problem(value, checks)
+        if problem is None and (bad_path := member_path_problem(value["path"], visit.archive_top)):
+            problem = f"'path' {bad_path}"
+        if problem is None and value["path"] in seen:
+            problem = "'path' is listed twice"
+        if problem:
             raise malformed(path, f"entry {number}: {problem}")
         seen.add(value["path"])
-        records.append(DicomRecord(value["path"], value["md5"], value["size"],
+        records.append(DicomRecord(value["path"], value["md5"], value["size"], value["series"], value["kind"],
+                                   value["frames"], value["InstanceNumber"],
                                    {tag: value[tag] for tag in EXPORTED_TAGS}))
     return records

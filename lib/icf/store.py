@@ -14,6 +14,7 @@ contract with existing users (``docs/formats.rst``)::
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 import urllib.parse
@@ -30,6 +31,26 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 ICF_NAMESPACE = uuid.UUID("5d9e6a5e-3c0b-5f6e-9d49-1c7f0a4b2e10")
 
 
+#: A series key (:func:`series_key`): 16 hex digits, or empty.
+SERIES_KEY = re.compile(r"([0-9a-f]{16})?")
+
+
+def series_key(study: str, series_uid: str) -> str:
+    """The opaque key that stands for a SeriesInstanceUID in every output.
+
+    A UID never leaves the archive as it is: UIDs are linkable identifiers
+    and often embed dates and device serial numbers. The key is the first
+    16 hex digits of SHA-256 over the study ID and the UID, so it is stable
+    (the same series gives the same key on every run and in every visit of
+    the study, which lets a re-exported series be recognised), cannot be
+    turned back into the UID, and does not link across studies. No UID
+    gives ``""``.
+    """
+    if not series_uid:
+        return ""
+    return hashlib.sha256(f"icf-series\0{study}\0{series_uid}".encode()).hexdigest()[:16]
+
+
 def check_id(value: str) -> str:
     """Return ``value`` if it is a safe study/visit ID, else raise ValueError."""
     if not ID_PATTERN.fullmatch(value):
@@ -40,9 +61,37 @@ def check_id(value: str) -> str:
     return value
 
 
+def natural_key(visit_id: str) -> tuple:
+    """Sort key that orders IDs as people do: ``v2`` before ``v10``."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"(\d+)", visit_id) if part)
+
+
+def study_visits(store: Path, study: str) -> list[str]:
+    """The IDs of the visits of ``study`` that have an archive or metadata,
+    in natural order; other files are ignored."""
+    found = set()
+    for suffix in ("_dicom.tar", "_metadata_tarball.json"):
+        for path in (store / study).glob(f"*{suffix}"):
+            visit = path.name[:-len(suffix)]
+            if ID_PATTERN.fullmatch(visit):
+                found.add(visit)
+    return sorted(found, key=natural_key)
+
+
 def derived_uuid(*parts: str) -> str:
     """A UUID that depends only on ``parts`` (e.g. study, visit, purpose)."""
     return str(uuid.uuid5(ICF_NAMESPACE, "/".join(parts)))
+
+
+class _StudyFile:
+    """A file of a visit in the study directory: ``<study>/<visit><suffix>``."""
+
+    def __init__(self, suffix: str):
+        self.suffix = suffix
+
+    def __get__(self, visit: "Visit", owner: type) -> Path:
+        return visit.study_dir / f"{visit.visit}{self.suffix}"
 
 
 @dataclass(frozen=True)
@@ -61,32 +110,12 @@ class Visit:
     def study_dir(self) -> Path:
         return self.store / self.study
 
-    def _file(self, suffix: str) -> Path:
-        return self.study_dir / f"{self.visit}{suffix}"
-
-    @property
-    def tarball(self) -> Path:
-        return self._file("_dicom.tar")
-
-    @property
-    def md5sum(self) -> Path:
-        return self._file("_dicom.tar.md5sum")
-
-    @property
-    def metadata_tarball(self) -> Path:
-        return self._file("_metadata_tarball.json")
-
-    @property
-    def metadata_dicoms(self) -> Path:
-        return self._file("_metadata_dicoms.json")
-
-    @property
-    def deposit_refs(self) -> Path:
-        return self._file("_XDLRA--refs")
-
-    @property
-    def deposit_repo_export(self) -> Path:
-        return self._file("_XDLRA--repo-export")
+    tarball = _StudyFile("_dicom.tar")
+    md5sum = _StudyFile("_dicom.tar.md5sum")
+    metadata_tarball = _StudyFile("_metadata_tarball.json")
+    metadata_dicoms = _StudyFile("_metadata_dicoms.json")
+    deposit_refs = _StudyFile("_XDLRA--refs")
+    deposit_repo_export = _StudyFile("_XDLRA--repo-export")
 
     @property
     def archive_files(self) -> tuple[Path, Path]:

@@ -24,9 +24,8 @@ from typing import Iterator
 from icf import IcfError
 from icf.annex import branch_logs, dataset_config_files, dataset_uuids, deposit_description
 from icf.dataset import visit_files
-from icf.dicom import EXPORTED_TAGS
 from icf.git import isolated_git_env, run_git
-from icf.metadata import ArchiveScan
+from icf.metadata import ArchiveScan, VisitSummary
 from icf.records import TarballRecord, read_dicom_records, read_md5sum, read_tarball_record
 from icf.store import Visit
 from icf.tarball import latest_member_mtime
@@ -45,35 +44,41 @@ def archive_problems(visit: Visit) -> Iterator[str]:
         yield f"{visit.md5sum.name}: missing"
     dicoms_name = visit.metadata_dicoms.name
     scan = ArchiveScan(visit)
+    summary = VisitSummary(visit.study)
     try:
         for member in scan:
+            derived = summary.add(member)
             record = listed.pop(member.path, None)
             if record is None:
-                if member.tags is not None:
+                if derived is not None:
                     yield f"{member.path}: DICOM in the archive but not in {dicoms_name}"
-                continue
-            if (record.md5, record.size) != (member.md5, member.size):
-                yield (f"{member.path}: md5 {member.md5} size {member.size} in the archive, but "
+            elif derived is None:
+                yield f"{member.path}: listed in {dicoms_name}, but the member is not DICOM"
+            elif (record.md5, record.size) != (derived.md5, derived.size):
+                yield (f"{member.path}: md5 {derived.md5} size {derived.size} in the archive, but "
                        f"{record.md5} size {record.size} in {dicoms_name}")
-            for tag in EXPORTED_TAGS:
-                derived = member.tags.get(tag, "") if member.tags is not None else None
-                if record.tags[tag] != derived:
-                    yield (f"{member.path}: {tag} is {str(record.tags[tag])[:200]!r} in {dicoms_name}, but "
-                           + ("the member is not DICOM" if derived is None
-                              else f"{str(derived)[:200]!r} in the archive"))
+            else:
+                yield from _field_problems(f"{member.path}: ", record.json_value(), derived.json_value(),
+                                           dicoms_name)
     except IcfError as exc:  # a missing or corrupt archive is a finding, not a crash
         yield str(exc)
         return
     if recorded is not None and recorded != scan.md5:
         yield f"{visit.tarball.name}: md5 is {scan.md5}, {visit.md5sum.name} says {recorded}"
-    derived_record = TarballRecord.of(visit, scan.size, scan.md5)
-    for field in TarballRecord.FIELDS:
-        found, expected = getattr(tarball, field), getattr(derived_record, field)
-        if found != expected:
-            yield (f"{visit.metadata_tarball.name}: {field} is {found!r}, but the archive "
-                   f"gives {expected!r}")
+    derived_record = TarballRecord.of(visit, scan.size, scan.md5, summary.image_series(), summary.findings())
+    yield from _field_problems("", tarball.json_value(), derived_record.json_value(),
+                               visit.metadata_tarball.name)
     for path in listed:
         yield f"{path}: listed in {dicoms_name} but not in the archive"
+
+
+def _field_problems(prefix: str, found: dict, derived: dict, name: str) -> Iterator[str]:
+    """A line per field whose value in the file ``name`` differs from the
+    one derived from the archive (values cut to 200 characters)."""
+    for field, value in derived.items():
+        if found[field] != value:
+            yield (f"{prefix}{field} is {str(found[field])[:200]!r} in {name}, "
+                   f"but {str(value)[:200]!r} in the archive")
 
 
 def verify(visit: Visit, store_url: str) -> list[str]:
