@@ -133,7 +133,7 @@ override ICF_INPUT := $(call literal,INPUT,)
 override ICF_STORE_URL := $(call literal,STORE_URL,)
 export ICF_STORE ICF_STUDY ICF_INPUT ICF_STORE_URL
 
-OTHER_GOALS := help demo test test-fast lint bench docs venv
+OTHER_GOALS := help demo test test-fast lint bench docs venv screenshots
 ifneq ($(filter-out $(OTHER_GOALS),$(or $(MAKECMDGOALS),help)),)
   # a store target (or a file): check every value before any recipe runs
   ifeq ($(ICF_STORE),)
@@ -206,7 +206,7 @@ STORE_URL_OPTION = $${ICF_STORE_URL:+--store-url="$$ICF_STORE_URL"}
 
 .DELETE_ON_ERROR:
 .SUFFIXES:
-.PHONY: help archive metadata dataset catalog verify report demo test test-fast lint bench docs venv
+.PHONY: help archive metadata dataset catalog verify report demo test test-fast lint bench docs venv screenshots
 
 # Every store file, whichever way it is asked for: never deleted by make
 # (.DELETE_ON_ERROR and interrupts spare precious files; GNU make 4.3 matches
@@ -242,6 +242,8 @@ report: | $(VENV_READY_FILE)
 ##   lint       ruff (lib, bin, tests, docs) and mypy (lib, bin); settings in pyproject.toml
 ##   bench      speed figures of every step on a replicated 5,460-file visit, with baselines
 ##   docs       the documentation (Sphinx, warnings as errors) in docs/_build/html (or DOCS_OUT)
+##   screenshots
+##              docs/images/study.png and visit.png: the sample visit's catalog in headless Chromium
 ##   venv       create or refresh the virtual environment from requirements-dev.txt
 ##              (which includes requirements.txt)
 ##   help       this list
@@ -307,6 +309,10 @@ lint: | $(VENV_READY_FILE)
 
 bench: | $(VENV_READY_FILE)
 	$(SET_PATH) cd "$$ICF_HOME" && "$$ICF_PYTHON" tests/bench.py
+
+screenshots: | $(VENV_READY_FILE)
+	$(SET_PATH) cd "$$ICF_HOME" && ICF_SCREENSHOTS="$$ICF_HOME/docs/images" "$$ICF_PYTHON" -m pytest -q \
+	  -p no:cacheprovider tests/test_catalog_browser.py::test_screenshots
 
 docs: | $(VENV_READY_FILE)
 	$(SET_PATH) "$$ICF_PYTHON" -m sphinx -W --keep-going -q -b html "$$ICF_HOME/docs" "$$ICF_DOCS_OUT"

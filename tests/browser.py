@@ -10,7 +10,9 @@ The browser can reach 127.0.0.1 only: every other host name resolves to
 nothing (``--host-resolver-rules``), background and component networking is
 off, and each instance gets a fresh profile. Every request the page makes is
 recorded in :attr:`Chromium.requests`, so a test can assert that all of them
-stayed local.
+stayed local, and every error the page reports (an uncaught exception, a
+``console.error``, a failed load, an ``alert``) in :attr:`Chromium.errors`,
+so a test can assert that there was none.
 
 Without Chromium, :func:`chromium_or_skip` skips the test with a message
 saying how to install it, except under CI (``CI=true``), where it fails.
@@ -18,6 +20,7 @@ saying how to install it, except under CI (``CI=true``), where it fails.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import select
@@ -79,6 +82,8 @@ class Chromium:
     def __init__(self, executable: str, timeout: float = 30.0):
         self.timeout = timeout
         self.requests: list[str] = []
+        #: what went wrong in the page, one line each (see :meth:`_record`)
+        self.errors: list[str] = []
         self._profile = tempfile.mkdtemp(prefix="icf-chromium-")
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
@@ -112,23 +117,52 @@ class Chromium:
         self.page("Page.enable")
         self.page("Network.enable")
         self.page("Runtime.enable")
+        self.page("Log.enable")
+        # the page behaves as the focused one (the clipboard API needs focus)
+        self.page("Emulation.setFocusEmulationEnabled", enabled=True)
 
     # -- protocol ---------------------------------------------------------
     def send(self, method: str, session: str | None = None, **params: Any) -> dict:
         """Send one command, wait for its answer (recording events meanwhile)."""
+        sent = self._post(method, session, **params)
+        while True:
+            answer = self._receive()
+            if answer.get("id") == sent:
+                if "error" in answer:
+                    raise BrowserError(f"{method}: {answer['error']}")
+                return answer.get("result", {})
+            if "method" in answer:
+                self._record(answer)
+
+    def _post(self, method: str, session: str | None = None, **params: Any) -> int:
+        """Send one command without waiting for its answer; return its id."""
         self._next_id += 1
         message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params}
         if session:
             message["sessionId"] = session
         os.write(self._to_browser, json.dumps(message).encode() + b"\0")
-        while True:
-            answer = self._receive()
-            if answer.get("id") == self._next_id:
-                if "error" in answer:
-                    raise BrowserError(f"{method}: {answer['error']}")
-                return answer.get("result", {})
-            if answer.get("method") == "Network.requestWillBeSent":
-                self.requests.append(answer["params"]["request"]["url"])
+        return self._next_id
+
+    def _record(self, event: dict) -> None:
+        """Note a request or an error of the page. A JavaScript dialog
+        (``alert``) is an error, and dismissed at once: it would block the
+        page and every later command."""
+        method, params = event["method"], event.get("params", {})
+        if method == "Network.requestWillBeSent":
+            self.requests.append(params["request"]["url"])
+        elif method == "Runtime.exceptionThrown":
+            details = params["exceptionDetails"]
+            self.errors.append("uncaught: " + (details.get("exception", {}).get("description")
+                                               or details.get("text", "")))
+        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+            args = [str(a.get("value", a.get("description", ""))) for a in params.get("args", [])]
+            self.errors.append(f"console.{params['type']}: {' '.join(args)}")
+        elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+            entry = params["entry"]
+            self.errors.append(f"{entry.get('source')}: {entry.get('text')} {entry.get('url', '')}".rstrip())
+        elif method == "Page.javascriptDialogOpening":
+            self.errors.append(f"{params.get('type')} dialog: {params.get('message')}")
+            self._post("Page.handleJavaScriptDialog", event.get("sessionId"), accept=False)
 
     def page(self, method: str, **params: Any) -> dict:
         return self.send(method, self._session, **params)
@@ -148,16 +182,39 @@ class Chromium:
 
     # -- what a test does -------------------------------------------------
     def open(self, url: str) -> None:
+        """Go to ``url`` (only its fragment changed: in the same document)."""
+        self.page("Page.navigate", url=url)
+
+    def load(self, url: str) -> None:
+        """Load ``url`` afresh, as typed into a new tab, even if only its
+        fragment differs from the current page's."""
+        self.page("Page.navigate", url="about:blank")
+        self.wait_for("location.href === 'about:blank' && document.readyState === 'complete'", "about:blank")
         self.page("Page.navigate", url=url)
 
     def reload(self) -> None:
         self.page("Page.reload", ignoreCache=True)
 
-    def evaluate(self, expression: str) -> Any:
-        result = self.page("Runtime.evaluate", expression=expression, returnByValue=True)
+    def evaluate(self, expression: str, await_promise: bool = False) -> Any:
+        """The value of a JavaScript expression (of the promise it gives, if
+        ``await_promise``), evaluated as if the user did it."""
+        result = self.page("Runtime.evaluate", expression=expression, returnByValue=True,
+                           awaitPromise=await_promise, userGesture=True)
         if "exceptionDetails" in result:
             raise BrowserError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
+
+    def wait_for(self, expression: str, what: str = "", timeout: float | None = None) -> Any:
+        """Poll until the JavaScript ``expression`` is truthy (for at most
+        ``timeout`` seconds, default :attr:`timeout`); return its value."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise BrowserError(f"never true: {what or expression}; the page shows:\n{self.text()[:3000]}")
+            time.sleep(0.1)
 
     def text(self) -> str:
         """The page's visible text."""
@@ -177,18 +234,60 @@ class Chromium:
 
     def click_text(self, selector: str, label: str) -> None:
         """Click (real mouse events) the first ``selector`` element whose text is ``label``."""
+        self._click(f"[...document.querySelectorAll({json.dumps(selector)})]"
+                    f".find(e => e.innerText.trim() === {json.dumps(label)})",
+                    f"no {selector} element labelled {label!r}")
+
+    def click(self, selector: str) -> None:
+        """Click (real mouse events) the first visible element that ``selector`` matches."""
+        self._click(f"[...document.querySelectorAll({json.dumps(selector)})]"
+                    ".find(e => e.getClientRects().length)", f"no visible {selector} element")
+
+    def _click(self, element: str, missing: str) -> None:
         box = self.evaluate(
-            "(() => { const e = [...document.querySelectorAll(%s)]"
-            ".find(e => e.innerText.trim() === %s); if (!e) return null;"
+            "(() => { const e = %s; if (!e) return null;"
             " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
-            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
-            % (json.dumps(selector), json.dumps(label))
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()" % element
         )
         if box is None:
-            raise BrowserError(f"no {selector} element labelled {label!r}")
+            raise BrowserError(missing)
         for kind in ("mousePressed", "mouseReleased"):
             self.page("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1],
                       button="left", clickCount=1)
+
+    def fill(self, selector: str, text: str) -> None:
+        """Replace the text in the input field ``selector`` by ``text``, as if typed."""
+        if not self.evaluate("(() => { const e = document.querySelector(%s); if (!e) return false;"
+                             " e.focus(); e.select(); return true; })()" % json.dumps(selector)):
+            raise BrowserError(f"no {selector} element")
+        if text:
+            self.page("Input.insertText", text=text)
+        else:
+            for kind in ("keyDown", "keyUp"):
+                self.page("Input.dispatchKeyEvent", type=kind, key="Backspace", code="Backspace",
+                          windowsVirtualKeyCode=8)
+
+    def grant_clipboard(self, origin: str) -> None:
+        """Let pages of ``origin`` (e.g. ``http://127.0.0.1:8000``) read and write the clipboard."""
+        self.send("Browser.grantPermissions", origin=origin,
+                  permissions=["clipboardReadWrite", "clipboardSanitizedWrite"])
+
+    def clipboard(self) -> str:
+        """The clipboard's text (see :meth:`grant_clipboard`)."""
+        return self.evaluate("navigator.clipboard.readText()", await_promise=True)
+
+    def screenshot(self, max_height: int = 3000, margin: int = 24) -> bytes:
+        """A PNG of the page at the window's width, from its top down to
+        ``margin`` below its lowest visible element (at most ``max_height``
+        CSS pixels), once its fonts are loaded."""
+        self.evaluate("document.fonts.ready.then(() => true)", await_promise=True)
+        bottom = self.evaluate(
+            "Math.max(0, ...[...document.body.querySelectorAll('*')].filter(e => e.getClientRects().length)"
+            ".map(e => e.getBoundingClientRect().bottom + window.scrollY))")
+        width = self.evaluate("document.documentElement.clientWidth")
+        clip = {"x": 0, "y": 0, "width": width, "height": min(bottom + margin, max_height), "scale": 1}
+        shot = self.page("Page.captureScreenshot", format="png", clip=clip, captureBeyondViewport=True)
+        return base64.b64decode(shot["data"])
 
     def close(self) -> None:
         try:

@@ -1,9 +1,9 @@
 """Step 4: catalogify_studyvisit_from_meta (the study catalog).
 
 Inputs are the two metadata JSON files of docs/formats.rst, written here by
-:func:`write_visit_metadata` (swap it for the shared steps-1/2 fixture when
-there is one). Everything else is real: the script, datalad-catalog, a
-threaded HTTP server on 127.0.0.1 and a headless Chromium.
+:func:`write_visit_metadata` through icf.records. Everything else is real:
+the script and datalad-catalog. What a browser shows is in
+test_catalog_browser.py, the site's patches in test_catalog_site.py.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,18 +20,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lib"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from browser import Chromium, chromium_or_skip, non_local, serve  # noqa: E402
 from conftest import make_dicom, run_tool  # noqa: E402
 
 from icf import IcfError  # noqa: E402
 from icf.catalog import (  # noqa: E402
     DATASET_VERSION,
     human_size,
-    offline_index,
-    remote_refs,
     study_id,
     visit_id,
 )
+from icf.catalog_site import offline_index, remote_refs  # noqa: E402
 from icf.dicom import EXPORTED_TAGS  # noqa: E402
 from icf.records import DicomRecord, Finding, SeriesSummary, TarballRecord, series_order  # noqa: E402
 from icf.store import Visit, default_store_url  # noqa: E402
@@ -145,22 +144,28 @@ def test_visit_and_study_records(tmp_path):
         {"name": "Images", "value": 3 + 2 * 64},  # frames
         {"name": "Findings", "value": 1},
     ]
-    tab, findings = rec["additional_display"]
-    assert tab["name"] == "DICOM"
-    rows = list(tab["content"].values())
-    assert [r.get("series number") for r in rows] == ["2", "10", None]
-    assert list(tab["content"])[-1] == "Other DICOM objects" and rows[-1] == {"other objects": 1}
-    assert rows[0] == {
-        "series number": "2", "series description": "T1w MPRAGE", "modality": "MR",
-        "MR acquisition type": "3D", "protocol name": "t1_mprage", "pulse sequence name": "tfl3d1_16ns",
-        "sequence name": "", "files": 2, "images": 128,
-    }
-    assert findings == {"name": "Findings", "icon": "fas fa-exclamation-triangle",
-                        "content": {"not-dicom": FINDINGS[0].message}}
+    [tab] = rec["additional_display"]
+    assert tab["name"] == "Series"
+    table = tab["content"]
+    assert table["columns"] == ["series number", "series description", "modality", "MR acquisition type",
+                                "protocol name", "pulse sequence name", "sequence name", "files", "images"]
+    assert table["rows"] == [["2", "T1w MPRAGE", "MR", "3D", "t1_mprage", "tfl3d1_16ns", "", 2, 128],
+                             ["10", "func run 1", "MR", "2D", "fmri_task", "epfid2d1_64", "", 3, 3]]
+    assert table["notes"] == [f"\u26a0 not-dicom: {FINDINGS[0].message}",
+                              "Not in a series: 1 other DICOM object(s)"]
+    assert "doi" not in rec and "license" not in rec  # not known: not shown
+    [source] = rec["metadata_sources"]["sources"]
+    assert abs(source.pop("source_time") - time.time()) < 600  # catalogued just now
+    assert source == {"source_name": "icf-utils", "source_version": "1"}
 
     study = study_rec(store)
     assert study["name"] == STUDY and study["description"]
     assert [s["dataset_path"] for s in study["subdatasets"]] == ["visit-a"]
+    [visits] = study["additional_display"]
+    assert visits["content"] == {
+        "columns": ["visit", "DICOM files", "series", "images", "TAR size", "findings"],
+        "rows": [[{"text": "visit-a", "href": f"#/dataset/{rec['dataset_id']}/latest/series"},
+                  6, 2, 131, "117.7 MiB", "\u26a0 not-dicom"]]}
     assert study["subdatasets"][0]["dataset_id"] == rec["dataset_id"]
     home = json.loads((store / STUDY / "catalog" / "metadata" / "super.json").read_text())
     assert home == {"dataset_id": study_id(STUDY), "dataset_version": DATASET_VERSION}
@@ -199,9 +204,9 @@ def test_rerun_is_idempotent_and_updates_replace(tmp_path):
                                   {"name": "DICOM files", "value": 4},
                                   {"name": "Series", "value": 1},
                                   {"name": "Images", "value": 4}]
-    assert list(rec["additional_display"][0]["content"]) == ["Series 7"]
+    assert [row[0] for row in rec["additional_display"][0]["content"]["rows"]] == ["7"]
+    assert rec["additional_display"][0]["content"]["notes"] == []
     assert len(rec["additional_display"]) == 1
-    assert rec["metadata_sources"]["sources"] == [{"source_name": "icf-utils", "source_version": "1"}]
     # keywords that became empty do not survive either
     write_visit_metadata(store, STUDY, "visit-a", series=[(7, "", "", "", "", "", 1, 1)])
     catalogify(store, "visit-a")
@@ -210,7 +215,44 @@ def test_rerun_is_idempotent_and_updates_replace(tmp_path):
     study = study_rec(store)
     assert [s["dataset_path"] for s in study["subdatasets"]] == ["visit-a", "visit-b"]
     assert sorted(c["name"] for c in study["children"]) == ["visit-a", "visit-b"]
+    assert [row[1:4] for row in study["additional_display"][0]["content"]["rows"]] == [[1, 1, 1], [6, 2, 131]]
     assert len(records(catalog)) == 3
+
+
+def test_last_updated_is_when_catalogued_and_kept_by_unchanged_reruns(tmp_path):
+    store = tmp_path / "store"
+    write_visit_metadata(store, STUDY, "v1")
+    catalogify(store, "v1")
+    marker = store / STUDY / "catalog" / "visits" / "v1.json"
+    stamped = json.loads(marker.read_bytes())
+    stamped["metadata_sources"]["sources"][0]["source_time"] = 1_500_000_000  # catalogued long ago
+    marker.write_text(json.dumps(stamped))
+    catalogify(store, "v1")
+    assert visit_rec(store, "v1")["metadata_sources"]["sources"][0]["source_time"] == 1_500_000_000
+    write_visit_metadata(store, STUDY, "v1", tar_size=1)  # changed input: catalogued again, now
+    catalogify(store, "v1")
+    assert visit_rec(store, "v1")["metadata_sources"]["sources"][0]["source_time"] > 1_500_000_000
+
+
+def test_visits_in_natural_order_and_study_settings_from_the_config(tmp_path):
+    store = tmp_path / "store"
+    config = tmp_path / "look.json"
+    config.write_text(json.dumps({"catalog_name": "X", "study": {
+        "description": "Pilot study of the facility.", "doi": "https://doi.org/10.1234/x",
+        "license": {"name": "PDDL", "url": "https://opendatacommons.org/licenses/pddl/"}}}))
+    for visit in ("v10", "v2", "v1"):
+        write_visit_metadata(store, STUDY, visit)
+        catalogify(store, visit, "--config-file", str(config))
+    study = study_rec(store)
+    assert [s["dataset_path"] for s in study["subdatasets"]] == ["v1", "v2", "v10"]
+    assert [row[0]["text"] for row in study["additional_display"][0]["content"]["rows"]] == ["v1", "v2", "v10"]
+    assert study["description"] == "Pilot study of the facility."
+    for record in (study, visit_rec(store, "v2")):
+        assert record["doi"] == "https://doi.org/10.1234/x" and record["license"]["name"] == "PDDL"
+    config.write_text(json.dumps({"study": {"doi": 5}}))
+    (store / STUDY / "catalog" / "config.json").write_text(config.read_text())
+    result = catalogify(store, "v1", check=False)
+    assert result.returncode == 1 and "config.json: 'study' must be an object" in result.stderr
 
 
 @pytest.mark.slow
@@ -309,54 +351,12 @@ def test_no_phi_from_real_dicoms_through_steps_1_2_4(tmp_path):
         assert result.returncode == 0, result.stderr
     assert b"MRN-31415926" in Visit(store, STUDY, "visit-a").tarball.read_bytes()  # PHI is there
     catalogify(store, "visit-a")
-    rows = visit_rec(store, "visit-a")["additional_display"][0]["content"]
-    assert [r["protocol name"] for r in rows.values()] == ["localizer", "bold_rest"]
+    table = visit_rec(store, "visit-a")["additional_display"][0]["content"]
+    protocol = table["columns"].index("protocol name")
+    assert [row[protocol] for row in table["rows"]] == ["localizer", "bold_rest"]
     for path in (store / STUDY / "catalog").rglob("*"):
         if path.is_file():
             data = path.read_bytes()
             for value in phi.values():
                 for word in value.split("^"):
                     assert word.encode() not in data, (word, path)
-
-
-# -- in a real browser, offline -------------------------------------------------------
-
-@pytest.mark.slow
-def test_catalog_renders_offline_in_chromium(tmp_path):
-    executable = chromium_or_skip()
-    store = tmp_path / "store"
-    visits = ["visit-a", "visit-b", "visit-c"]
-    for visit in visits:
-        write_visit_metadata(store, STUDY, visit)
-        catalogify(store, visit)
-    with serve(store / STUDY / "catalog") as url, Chromium(executable) as browser:
-        browser.open(url)
-        browser.wait_for_text(STUDY, "Subdatasets (3)", *visits)
-
-        browser.click_text("a.subdataset", "visit-b")  # the study page links each visit
-        browser.wait_for_text("DICOM data of visit visit-b", "TAR size: 117.7 MiB",
-                              "DICOM files: 6", "Series: 2", "Images: 131", "Findings: 1")
-        # Navigating inside the app happens to open the last tab; a fresh load
-        # of the visit page opens "Content", from where a user clicks "DICOM".
-        browser.reload()
-        page = browser.wait_for_text("DICOM data of visit visit-b", "TAR size: 117.7 MiB")
-        assert "series description" not in page
-        keywords = page[page.index("Keywords:"):page.index("Properties:")]
-        assert all(word in keywords for word in ("MR", "SR", "fmri_task", "t1_mprage")), keywords
-        clone_url = ("datalad-annex::?type=external&externaltype=uncurl&url="
-                     f"{store.resolve().as_uri()}/{STUDY}/visit-b_{{{{annex_key}}}}&encryption=none")
-        assert f"In a shell, quote the URL: datalad clone '{clone_url}'" in page
-        browser.click_text("a[role=tab]", "DICOM")
-        page = browser.wait_for_text("series description: T1w MPRAGE")
-        table = page[page.index("Series 2"):]
-        assert table.index("Series 2") < table.index("Series 10")
-        assert "Series (no number)" not in table and "phoenix report" not in table
-        assert "other objects: 1" in table
-        for text in ("protocol name: fmri_task", "MR acquisition type: 3D",
-                     "pulse sequence name: epfid2d1_64", "files: 3", "images: 128"):
-            assert text in table
-        browser.click_text("a[role=tab]", "Findings")
-        browser.wait_for_text("2 file(s) are not DICOM: archived, but in no list or dataset")
-        browser.click_text("button", "Download with DataLad")  # the catalog's own clone hint
-        browser.wait_for_text(f"datalad clone {clone_url}")
-        assert browser.requests and non_local(browser.requests) == []

@@ -52,8 +52,9 @@ def test_a_tag_added_in_one_line_reaches_every_output(visit, monkeypatch):
     assert len(metadata) == len(records) and all(b" EchoTime +30" in line for line in metadata)
 
     record = visit_record(visit, read_facts(visit), url)
-    rows = record["additional_display"][0]["content"].values()
-    assert rows and all(row["echo time"] == "30" for row in rows)
+    table = record["additional_display"][0]["content"]
+    echo_time = table["columns"].index("echo time")
+    assert table["rows"] and all(row[echo_time] == "30" for row in table["rows"])
     assert "30" in record["keywords"]
 
     assert list(archive_problems(visit)) == []

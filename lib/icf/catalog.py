@@ -1,12 +1,15 @@
 """The study catalog: a DataLad Catalog (datalad-catalog 1.1.1) per study.
 
-``<store>/<study>/catalog/`` is a static web site. Its home page is the study
-(every visit a subdataset); each visit has a page with its clone URL, a few
-figures (DICOM files, image series, images), a "DICOM" tab listing its
-image series (one row each, then a row counting DICOMDIR and other
-objects) and, when there are any, a "Findings" tab. Everything shown comes from the
-visit's two metadata JSON files (only the whitelisted tags, sizes and
-counts; no paths, no checksums) plus the study/visit IDs and the store URL.
+``<store>/<study>/catalog/`` is a static web site (made and patched by
+:mod:`icf.catalog_site`). Its home page is the study: its description, and a
+"Visits" table (every visit a row, in natural order: files, series, images,
+TAR size, findings, a link to its page). Each visit's page opens on its
+"Series" table (one row per image series, its findings and the objects in
+no series above it), with a few figures and the one clone command. The
+catalog config's ``study`` object may give the study's description, licence
+and DOI (shown only when given). Everything shown comes from the visit's
+two metadata JSON files (only the whitelisted tags, sizes and counts; no
+paths, no checksums) plus the study/visit IDs, the store URL and the config.
 
 Decisions, and why:
 
@@ -19,8 +22,11 @@ Decisions, and why:
   replaces the old one instead of being merged into it. A visit's record is
   moreover rebuilt from nothing on each run, because datalad-catalog skips
   empty values on update (a keyword list that became empty would survive).
-  The study record is updated: its subdataset list is the one already in the
-  catalog plus (or with a fresh entry for) this visit.
+  The study record is updated: its subdataset list and visits table are the
+  ones already in the catalog plus (or with a fresh entry for) this visit.
+- **Last updated** is when the visit was catalogued (``source_time``): a
+  rerun whose record would be unchanged keeps the time in the visit's
+  marker, so reruns of unchanged input change no byte.
 - **Serialised and atomic.** datalad-catalog neither locks nor writes
   atomically. A run holds an exclusive ``flock`` on ``<study>/.catalog.lock``
   for its whole update, lets datalad-catalog write into a scratch catalog
@@ -32,46 +38,35 @@ Decisions, and why:
   one created by another user does not block. A new
   catalog is built as ``<study>/.catalog.new`` (its configuration staged in
   ``<study>/.catalog.setup``) and renamed into place.
-- **Offline.** datalad-catalog's ``index.html`` loads Vue from a CDN although
-  a copy ships in ``assets/``; we point it at the local copy and refuse to
-  finish if any script or style sheet still comes from elsewhere.
 - **Speed.** A run reads and writes two records and a pointer, whatever the
   number of visits: the cost does not grow with the catalog (the study
-  record's subdataset list grows by ~200 bytes per visit).
+  record grows by ~400 bytes per visit: its subdataset entry and table row).
 """
 
 from __future__ import annotations
 
-import os
+import json
 import re
 import shutil
+import time
 from collections import Counter
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 
 from icf import IcfError, doing
+from icf.catalog_site import SOURCE_NAME, check_results, create_site
+from icf.dicom import EXPORTED_TAGS
 from icf.output import json_bytes, locked, read_json, write_files
 from icf.records import Finding, SeriesSummary, TagValue, read_dicom_records, read_tarball_record
-from icf.store import Visit, derived_uuid
+from icf.store import Visit, derived_uuid, natural_key
 
 #: The one version of every record: records are updated in place, not versioned.
 DATASET_VERSION = "latest"
-#: The metadata source named in every record and in the ``single`` rules.
-SOURCE_NAME = "icf-utils"
 SOURCE_VERSION = "1"
 #: The catalog configuration shipped with icf-utils (name, colours, logo).
 DEFAULT_CONFIG = Path(__file__).with_name("catalog-config.json")
-#: The fields we write, each replaced (not merged) on update.
-REPLACED_FIELDS = (
-    "name", "description", "url", "keywords", "subdatasets",
-    "additional_display", "top_display",
-)
-#: Scripts/styles that datalad-catalog's index.html loads from a CDN -> the
-#: copy it ships under assets/.
-LOCAL_ASSETS = {
-    "https://unpkg.com/vue@2.6.14/dist/vue.js": "assets/vue.2.6.14.min.js",
-}
+#: The columns of the study's visits table.
+VISIT_COLUMNS = ("visit", "DICOM files", "series", "images", "TAR size", "findings")
 
 @dataclass(frozen=True)
 class VisitFacts:
@@ -103,12 +98,18 @@ def shown(value: TagValue) -> str:
     return str(value)
 
 
-def series_row(series: SeriesSummary) -> dict[str, str | int]:
-    """A series as a table row: series number first, then every exported
-    tag under its :func:`tag_label`, then its files and images (frames)."""
-    return {tag_label("SeriesNumber"): shown(series.tags["SeriesNumber"]),
-            **{tag_label(tag): shown(value) for tag, value in series.tags.items() if tag != "SeriesNumber"},
-            "files": series.files, "images": series.frames}
+def series_columns() -> list[str]:
+    """The columns of a visit's series table: series number, every other
+    exported tag under its :func:`tag_label`, files and images (frames)."""
+    return [tag_label("SeriesNumber"), *(tag_label(tag) for tag in EXPORTED_TAGS if tag != "SeriesNumber"),
+            "files", "images"]
+
+
+def series_row(series: SeriesSummary) -> list[str | int]:
+    """A series as a row of :func:`series_columns`."""
+    return [shown(series.tags["SeriesNumber"]),
+            *(shown(series.tags[tag]) for tag in EXPORTED_TAGS if tag != "SeriesNumber"),
+            series.files, series.frames]
 
 
 def read_facts(visit: Visit) -> VisitFacts:
@@ -135,8 +136,9 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _source() -> dict:
-    return {"sources": [{"source_name": SOURCE_NAME, "source_version": SOURCE_VERSION}]}
+def _source(source_time: int | None = None) -> dict:
+    source = {"source_name": SOURCE_NAME, "source_version": SOURCE_VERSION}
+    return {"sources": [source if source_time is None else {**source, "source_time": source_time}]}
 
 
 def study_id(study: str) -> str:
@@ -147,60 +149,99 @@ def visit_id(visit: Visit) -> str:
     return derived_uuid(visit.study, visit.visit)
 
 
-def visit_record(visit: Visit, facts: VisitFacts, store_url: str) -> dict:
-    """The visit's catalog record (a datalad-catalog dataset item)."""
-    table = {}
-    for series in facts.series:
-        key = f"Series {shown(series.tags['SeriesNumber']) or '(no number)'}"
-        while key in table:  # another series with the same number
-            key += "'"
-        table[key] = series_row(series)
+@dataclass(frozen=True)
+class StudySettings:
+    """What the catalog config's ``study`` object says about the study:
+    a description, a licence (``{"name", "url"}``) and a DOI, each optional."""
+
+    description: str = ""
+    license: dict[str, str] | None = None
+    doi: str = ""
+
+    def fields(self) -> dict:
+        """The record fields they give (none for what is not known)."""
+        return {**({"license": self.license} if self.license else {}), **({"doi": self.doi} if self.doi else {})}
+
+
+def study_settings(catalog: Path) -> StudySettings:
+    """The ``study`` object of the catalog's ``config.json``, checked."""
+    config = read_json(catalog / "config.json")
+    study = config.get("study", {}) if isinstance(config, dict) else None
+    license = study.get("license") if isinstance(study, dict) else None
+    if not isinstance(study, dict) or set(study) - {"description", "license", "doi"} \
+            or not isinstance(study.get("description", ""), str) or not isinstance(study.get("doi", ""), str) \
+            or not (license is None or (isinstance(license, dict) and set(license) <= {"name", "url"}
+                                        and all(isinstance(v, str) for v in license.values()))):
+        raise IcfError(f"{catalog / 'config.json'}: 'study' must be an object with a 'description' and "
+                       "a 'doi' (text) and a 'license' ({\"name\": ..., \"url\": ...}), each optional")
+    return StudySettings(study.get("description", ""), license, study.get("doi", ""))
+
+
+def visit_record(visit: Visit, facts: VisitFacts, store_url: str, settings: StudySettings = StudySettings(),
+                 catalogued: int | None = None) -> dict:
+    """The visit's catalog record (a datalad-catalog dataset item); it was
+    ``catalogued`` at that time (seconds since the epoch), if known."""
+    notes = [f"\u26a0 {finding.code}: {finding.message}" for finding in facts.findings]
     if facts.others:  # DICOMDIR and other objects: on a line of their own, not a series
-        table["Other DICOM objects"] = {("DICOMDIR" if kind == "dicomdir" else "other objects"): count
-                                        for kind, count in facts.others.items()}
+        notes.append("Not in a series: " + ", ".join(
+            f"{count} {'DICOMDIR' if kind == 'dicomdir' else 'other DICOM object(s)'}"
+            for kind, count in facts.others.items()))
     figures = [  # datalad-catalog shows at most five
         {"name": "TAR size", "value": human_size(facts.tar_size)},
         {"name": "DICOM files", "value": facts.dicoms},
         {"name": "Series", "value": len(facts.series)},
         {"name": "Images", "value": facts.frames},
     ]
-    tabs = [{"name": "DICOM", "icon": "fas fa-table", "content": table}]
     if facts.findings:
         figures.append({"name": "Findings", "value": len(facts.findings)})
-        tabs.append({"name": "Findings", "icon": "fas fa-exclamation-triangle",
-                     "content": {finding.code: finding.message for finding in facts.findings}})
     return {
         "type": "dataset",
         "dataset_id": visit_id(visit),
         "dataset_version": DATASET_VERSION,
         "name": visit.visit,
         "description": (
-            f"DICOM data of visit {visit.visit} of study {visit.study}: "
-            f"{facts.dicoms} DICOM files, {facts.frames} images in {len(facts.series)} image series, "
-            f"archived in one TAR file. Clone the dataset with DataLad (datalad-next installed) "
-            f"to browse the files and get any of them on demand. In a shell, quote the "
-            f"URL: datalad clone '{visit.clone_url(store_url)}'"
+            f"DICOM data of visit {visit.visit} of study {visit.study}: {facts.dicoms} DICOM files, "
+            f"{facts.frames} images in {len(facts.series)} image series, archived in one TAR file. "
+            f"Clone the dataset with DataLad (datalad-next installed) with the command below, then "
+            f"get any of its files on demand with datalad get."
         ),
         "url": visit.clone_url(store_url),
         "keywords": facts.keywords,
         "top_display": figures,
-        "additional_display": tabs,
-        "metadata_sources": _source(),
+        "additional_display": [{
+            "name": "Series", "icon": "fas fa-table",
+            "content": {"notes": notes, "columns": series_columns(),
+                        "rows": [series_row(series) for series in facts.series]},
+        }],
+        **settings.fields(),
+        "metadata_sources": _source(catalogued),
     }
 
 
-def study_record(study: str, subdatasets: list[dict]) -> dict:
-    """The study's catalog record: the home page, every visit a subdataset."""
+def visit_table_row(visit: Visit, facts: VisitFacts) -> list:
+    """The visit's row in the study's visits table (:data:`VISIT_COLUMNS`)."""
+    link = {"text": visit.visit, "href": f"#/dataset/{visit_id(visit)}/{DATASET_VERSION}/series"}
+    findings = f"\u26a0 {', '.join(f.code for f in facts.findings)}" if facts.findings else ""
+    return [link, facts.dicoms, len(facts.series), facts.frames, human_size(facts.tar_size), findings]
+
+
+def study_record(study: str, subdatasets: list[dict], rows: list[list],
+                 settings: StudySettings = StudySettings()) -> dict:
+    """The study's catalog record: the home page, every visit a subdataset
+    and a row of its visits table."""
     return {
         "type": "dataset",
         "dataset_id": study_id(study),
         "dataset_version": DATASET_VERSION,
         "name": study,
-        "description": (
+        "description": settings.description or (
             f"Study {study}: the DICOM data of its visits, one DataLad dataset per "
             f"visit. Select a visit for its series and the command to clone it."
         ),
         "subdatasets": subdatasets,
+        "additional_display": [{"name": "Visits", "icon": "fas fa-table",
+                                "content": {"columns": list(VISIT_COLUMNS), "rows": rows}}],
+        **settings.fields(),
         "metadata_sources": _source(),
     }
 
@@ -216,118 +257,21 @@ def with_visit(subdatasets: list[dict], visit: Visit) -> list[dict]:
         {key: s[key] for key in entry}
         for s in subdatasets if s["dataset_path"] != visit.visit
     ]
-    return sorted(kept + [entry], key=lambda s: s["dataset_path"])
+    return sorted(kept + [entry], key=lambda s: natural_key(s["dataset_path"]))
 
 
-def catalog_config(config_file: Path) -> tuple[dict, Path | None]:
-    """The look from ``config_file`` (JSON) with our ``property_sources``, and the logo.
-
-    The property rules are part of how this tool updates records, not of the
-    look, so they are always ours. The logo path (relative to the config file)
-    is returned resolved; the config then names just the logo's file name,
-    because datalad-catalog 1.1.1 crashes on an absolute logo path.
-    """
-    config = read_json(config_file)
-    if not isinstance(config, dict):
-        raise IcfError(f"{config_file}: not a JSON object")
-    logo = None
-    if config.get("logo_path"):
-        logo = (config_file.parent / config["logo_path"]).resolve()
-        if not logo.is_file():
-            raise IcfError(f"{config_file}: logo {logo} does not exist")
-        config["logo_path"] = logo.name
-    rule = {"rule": "single", "source": SOURCE_NAME}
-    config["property_sources"] = {
-        "dataset": {field: dict(rule) for field in REPLACED_FIELDS},
-        "file": {},
-    }
-    return config, logo
+def with_row(old_study: dict, row: list) -> list[list]:
+    """The visits table of the study record ``old_study`` with (a fresh)
+    ``row`` for its visit, in natural order of the visit IDs."""
+    tables = [tab["content"] for tab in old_study.get("additional_display", []) if tab.get("name") == "Visits"]
+    old_rows = tables[0].get("rows", []) if tables and isinstance(tables[0], dict) else []
+    kept = [r for r in old_rows if isinstance(r, list) and r and isinstance(r[0], dict)
+            and r[0].get("text") != row[0]["text"]]
+    return sorted([*kept, row], key=lambda r: natural_key(r[0]["text"]))
 
 
-class _RemoteRefs(HTMLParser):
-    """Collects every script/style sheet/icon reference that is not local."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.remote: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        ref = dict(attrs).get({"script": "src", "link": "href"}.get(tag, ""))
-        if ref and re.match(r"([a-z][a-z0-9+.-]*:|//)", ref, re.IGNORECASE):
-            self.remote.append(ref)
-
-
-def remote_refs(html: str) -> list[str]:
-    """The non-local ``<script src>`` and ``<link href>`` of a page."""
-    parser = _RemoteRefs()
-    parser.feed(html)
-    return parser.remote
-
-
-def offline_index(catalog: Path, title: str | None = None) -> None:
-    """Make ``index.html`` load only local assets (and set its title); atomic, idempotent."""
-    index = catalog / "index.html"
-    html = original = index.read_text(encoding="utf-8")
-    for remote, local in LOCAL_ASSETS.items():
-        if (catalog / local).is_file():
-            html = html.replace(f'"{remote}"', f'"{local}"')
-    if title is not None:
-        html = re.sub(r"<title>.*?</title>", lambda _: f"<title>{_escape(title)}</title>",
-                      html, count=1)
-    left = remote_refs(html)
-    if left:
-        raise IcfError(f"{index}: still loads {', '.join(left)} from the network")
-    if html != original:
-        write_files({index: html.encode("utf-8")}, overwrite=True)
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _check(results: list[dict], what: str) -> list[dict]:
-    """Raise IcfError unless every datalad result is ok."""
-    bad = [r for r in results if r.get("status") not in ("ok", "notneeded")]
-    if bad or not results:
-        detail = "; ".join(str(r.get("message") or r.get("status")) for r in bad) or "no result"
-        raise IcfError(f"{what}: {detail}")
-    return results
-
-
-def create_site(catalog: Path, config_file: Path) -> None:
-    """Create the catalog's web site (no records yet) with ``config_file``'s look.
-
-    Built beside the final place and renamed into it, so a catalog directory
-    is either complete or absent. An existing catalog keeps its look (the
-    config is applied at creation only); its ``index.html`` is made offline
-    in any case (e.g. a catalog made by an earlier tool).
-    """
-    if catalog.exists():
-        offline_index(catalog)
-        return
-    from datalad.api import catalog_create
-
-    config, logo = catalog_config(config_file)
-    new, setup = catalog.with_name(".catalog.new"), catalog.with_name(".catalog.setup")
-    for scratch in (new, setup):  # left by a killed run
-        shutil.rmtree(scratch, ignore_errors=True)
-    setup.mkdir()
-    try:
-        write_files({setup / "config.json": json_bytes(config)})
-        if logo:
-            shutil.copyfile(logo, setup / logo.name)
-        _check(catalog_create(
-            catalog=new, config_file=setup / "config.json", force=False,
-            result_renderer="disabled", return_type="list", on_failure="ignore",
-        ), f"{catalog}: creating the catalog")
-        offline_index(new, config.get("catalog_name") or "Study catalog")
-        os.rename(new, catalog)
-    finally:
-        for scratch in (new, setup):
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def updated_records(catalog: Path, visit: Visit, visit_rec: dict) -> tuple[int, dict[Path, bytes]]:
+def updated_records(catalog: Path, visit: Visit, visit_rec: dict, row: list,
+                    settings: StudySettings) -> tuple[int, dict[Path, bytes]]:
     """Let datalad-catalog add/replace the visit's record, list it in the
     study record and set home, in a scratch copy.
 
@@ -353,10 +297,11 @@ def updated_records(catalog: Path, visit: Visit, visit_rec: dict) -> tuple[int, 
         )
         old = existing[0].get("output") if existing and existing[0].get("status") == "ok" else None
         subdatasets = with_visit((old or {}).get("subdatasets", []), visit)
-        for record in (visit_rec, study_record(visit.study, subdatasets)):
-            _check(catalog_add(catalog=stage, metadata=record, **api),
-                   f"{catalog}: adding {record['name']}")
-        _check(catalog_set(
+        study = study_record(visit.study, subdatasets, with_row(old or {}, row), settings)
+        for record in (visit_rec, study):
+            check_results(catalog_add(catalog=stage, metadata=record, **api),
+                          f"{catalog}: adding {record['name']}")
+        check_results(catalog_set(
             catalog=stage, property="home", dataset_id=sid,
             dataset_version=DATASET_VERSION, reckless="overwrite", **api,
         ), f"{catalog}: setting the home page")
@@ -379,17 +324,33 @@ def visit_marker(visit: Visit) -> Path:
     return visit.catalog_dir / "visits" / f"{visit.visit}.json"
 
 
+def catalogued_at(visit: Visit, record: dict) -> int:
+    """When the visit was catalogued: the time its marker gives, if the
+    record there is ``record`` (a rerun of unchanged input changes nothing),
+    else now."""
+    try:
+        previous = json.loads(visit_marker(visit).read_bytes())
+        previous_time = previous["metadata_sources"]["sources"][0]["source_time"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return int(time.time())
+    unchanged = {**previous, "metadata_sources": None} == {**record, "metadata_sources": None}
+    return previous_time if unchanged and isinstance(previous_time, int) else int(time.time())
+
+
 def catalogify(visit: Visit, store_url: str, config_file: Path = DEFAULT_CONFIG) -> str:
     """Create the study's catalog if needed and add or update the visit in it.
 
     Returns a one-line summary.
     """
     facts = read_facts(visit)
-    record = visit_record(visit, facts, store_url)
     with locked(visit.study_dir / ".catalog.lock", wait=True, busy="locked"), \
             doing("updating the catalog", visit.catalog_dir):
         create_site(visit.catalog_dir, config_file)
-        visits, records = updated_records(visit.catalog_dir, visit, record)
+        settings = study_settings(visit.catalog_dir)
+        unstamped = visit_record(visit, facts, store_url, settings)
+        record = visit_record(visit, facts, store_url, settings, catalogued_at(visit, unstamped))
+        visits, records = updated_records(visit.catalog_dir, visit, record, visit_table_row(visit, facts),
+                                          settings)
         visit_marker(visit).parent.mkdir(exist_ok=True)
         write_files({**records, visit_marker(visit): json_bytes(record)}, overwrite=True)
     return (
