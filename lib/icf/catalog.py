@@ -53,10 +53,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from icf import IcfError, doing
-from icf.catalog_site import SOURCE_NAME, check_results, create_site
+from icf import doing
+from icf.catalog_site import SOURCE_NAME, check_results, checked_config, create_site
 from icf.dicom import EXPORTED_TAGS
-from icf.output import json_bytes, locked, read_json, write_files
+from icf.output import json_bytes, locked, write_files
 from icf.records import Finding, SeriesSummary, TagValue, read_dicom_records, read_tarball_record
 from icf.store import Visit, derived_uuid, natural_key
 
@@ -65,6 +65,10 @@ DATASET_VERSION = "latest"
 SOURCE_VERSION = "1"
 #: The catalog configuration shipped with icf-utils (name, colours, logo).
 DEFAULT_CONFIG = Path(__file__).with_name("catalog-config.json")
+#: A visit's keywords (the distinct text values of its exported tags, for
+#: the search) are the first this many, sorted: a hostile visit cannot
+#: blow up its record.
+MAX_KEYWORDS = 200
 #: The columns of the study's visits table.
 VISIT_COLUMNS = ("visit", "DICOM files", "series", "images", "TAR size", "findings")
 
@@ -123,7 +127,7 @@ def read_facts(visit: Visit) -> VisitFacts:
         tar_size=tarball.size, dicoms=len(dicoms), images=kinds.pop("image", 0),
         frames=sum(record.frames for record in dicoms if record.kind == "image"),
         others=dict(sorted(kinds.items())), series=tarball.series, findings=tarball.findings,
-        keywords=sorted(keywords - {""}))
+        keywords=sorted(keywords - {""})[:MAX_KEYWORDS])
 
 
 def human_size(size: int) -> str:
@@ -164,17 +168,10 @@ class StudySettings:
 
 
 def study_settings(catalog: Path) -> StudySettings:
-    """The ``study`` object of the catalog's ``config.json``, checked."""
-    config = read_json(catalog / "config.json")
-    study = config.get("study", {}) if isinstance(config, dict) else None
-    license = study.get("license") if isinstance(study, dict) else None
-    if not isinstance(study, dict) or set(study) - {"description", "license", "doi"} \
-            or not isinstance(study.get("description", ""), str) or not isinstance(study.get("doi", ""), str) \
-            or not (license is None or (isinstance(license, dict) and set(license) <= {"name", "url"}
-                                        and all(isinstance(v, str) for v in license.values()))):
-        raise IcfError(f"{catalog / 'config.json'}: 'study' must be an object with a 'description' and "
-                       "a 'doi' (text) and a 'license' ({\"name\": ..., \"url\": ...}), each optional")
-    return StudySettings(study.get("description", ""), license, study.get("doi", ""))
+    """The ``study`` object of the catalog's ``config.json`` (see
+    :func:`icf.catalog_site.checked_config`)."""
+    study = checked_config(catalog / "config.json").get("study", {})
+    return StudySettings(study.get("description", ""), study.get("license") or None, study.get("doi", ""))
 
 
 def visit_record(visit: Visit, facts: VisitFacts, store_url: str, settings: StudySettings = StudySettings(),
@@ -246,27 +243,29 @@ def study_record(study: str, subdatasets: list[dict], rows: list[list],
     }
 
 
-def with_visit(subdatasets: list[dict], visit: Visit) -> list[dict]:
-    """The study's subdataset entries with (a fresh entry for) ``visit``, by visit ID."""
-    entry = {
-        "dataset_id": visit_id(visit),
-        "dataset_version": DATASET_VERSION,
-        "dataset_path": visit.visit,
-    }
-    kept = [
-        {key: s[key] for key in entry}
-        for s in subdatasets if s["dataset_path"] != visit.visit
-    ]
-    return sorted(kept + [entry], key=lambda s: natural_key(s["dataset_path"]))
+def with_visit(old_study: dict, visit: Visit) -> list[dict]:
+    """The subdataset entries of the study record ``old_study`` with (a
+    fresh entry for) ``visit``, in natural order of the visit IDs; entries
+    that are not ours (a record edited by hand) are dropped."""
+    entry = {"dataset_id": visit_id(visit), "dataset_version": DATASET_VERSION, "dataset_path": visit.visit}
+    old = old_study.get("subdatasets")
+    kept = [{key: s[key] for key in entry} for s in (old if isinstance(old, list) else [])
+            if isinstance(s, dict) and all(isinstance(s.get(key), str) for key in entry)
+            and s["dataset_path"] != visit.visit]
+    return sorted([*kept, entry], key=lambda s: natural_key(s["dataset_path"]))
 
 
 def with_row(old_study: dict, row: list) -> list[list]:
     """The visits table of the study record ``old_study`` with (a fresh)
-    ``row`` for its visit, in natural order of the visit IDs."""
-    tables = [tab["content"] for tab in old_study.get("additional_display", []) if tab.get("name") == "Visits"]
-    old_rows = tables[0].get("rows", []) if tables and isinstance(tables[0], dict) else []
-    kept = [r for r in old_rows if isinstance(r, list) and r and isinstance(r[0], dict)
-            and r[0].get("text") != row[0]["text"]]
+    ``row`` for its visit, in natural order of the visit IDs; rows that are
+    not ours (a record edited by hand) are dropped."""
+    tabs = old_study.get("additional_display")
+    tables = [tab.get("content") for tab in (tabs if isinstance(tabs, list) else [])
+              if isinstance(tab, dict) and tab.get("name") == "Visits"]
+    old_rows = tables[0].get("rows") if tables and isinstance(tables[0], dict) else None
+    kept = [r for r in (old_rows if isinstance(old_rows, list) else [])
+            if isinstance(r, list) and len(r) == len(VISIT_COLUMNS) and isinstance(r[0], dict)
+            and isinstance(r[0].get("text"), str) and r[0]["text"] != row[0]["text"]]
     return sorted([*kept, row], key=lambda r: natural_key(r[0]["text"]))
 
 
@@ -296,8 +295,9 @@ def updated_records(catalog: Path, visit: Visit, visit_rec: dict, row: list,
             dataset_version=DATASET_VERSION, **api,
         )
         old = existing[0].get("output") if existing and existing[0].get("status") == "ok" else None
-        subdatasets = with_visit((old or {}).get("subdatasets", []), visit)
-        study = study_record(visit.study, subdatasets, with_row(old or {}, row), settings)
+        old = old if isinstance(old, dict) else {}
+        subdatasets = with_visit(old, visit)
+        study = study_record(visit.study, subdatasets, with_row(old, row), settings)
         for record in (visit_rec, study):
             check_results(catalog_add(catalog=stage, metadata=record, **api),
                           f"{catalog}: adding {record['name']}")
@@ -334,7 +334,7 @@ def catalogued_at(visit: Visit, record: dict) -> int:
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return int(time.time())
     unchanged = {**previous, "metadata_sources": None} == {**record, "metadata_sources": None}
-    return previous_time if unchanged and isinstance(previous_time, int) else int(time.time())
+    return previous_time if unchanged and type(previous_time) is int else int(time.time())
 
 
 def catalogify(visit: Visit, store_url: str, config_file: Path = DEFAULT_CONFIG) -> str:

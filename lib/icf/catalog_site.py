@@ -32,7 +32,7 @@ REPLACED_FIELDS = (
 )
 #: Our settings of the site (``config.json``'s ``dataset_options``): a
 #: visit opens on its series, the study on its visits (see patch
-#: ``default_tab``); no Binder button (``header``).
+#: ``default-tab``); no Binder button (patch ``header``).
 DATASET_OPTIONS = {"default_tab": ["series", "visits"], "include_binder": False}
 #: Scripts/styles that datalad-catalog's index.html loads from a CDN -> the
 #: copy it ships under assets/.
@@ -197,10 +197,10 @@ def patch_site(site: Path) -> None:
                 raise IcfError(f"{path}: patch {name!r} expects {count} occurrence(s) of {old.strip()[:60]!r} "
                                f"and finds {text.count(old)} (not datalad-catalog 1.1.1's file?)")
             changed[path] = text.replace(old, new)
-    config = read_json(site / "config.json")
-    options = {**config.get("dataset_options", {}), **DATASET_OPTIONS}
-    if config.get("dataset_options") != options:
-        changed[site / "config.json"] = json.dumps({**config, "dataset_options": options}, indent=1) + "\n"
+    config = checked_config(site / "config.json")
+    ours = {**config, **our_settings(config)}
+    if ours != config:
+        changed[site / "config.json"] = json.dumps(ours, indent=1) + "\n"
     if changed:
         write_files({path: text.encode("utf-8") for path, text in changed.items()}, overwrite=True)
 
@@ -213,22 +213,54 @@ def catalog_config(config_file: Path) -> tuple[dict, Path | None]:
     is returned resolved; the config then names just the logo's file name,
     because datalad-catalog 1.1.1 crashes on an absolute logo path.
     """
-    config = read_json(config_file)
-    if not isinstance(config, dict):
-        raise IcfError(f"{config_file}: not a JSON object")
+    config = checked_config(config_file)
     logo = None
     if config.get("logo_path"):
         logo = (config_file.parent / config["logo_path"]).resolve()
         if not logo.is_file():
             raise IcfError(f"{config_file}: logo {logo} does not exist")
         config["logo_path"] = logo.name
+    return {**config, **our_settings(config)}, logo
+
+
+def our_settings(config: dict) -> dict:
+    """The parts of a site's config that are ours, not the look: how records
+    are updated (``property_sources``: every field we write replaced) and
+    :data:`DATASET_OPTIONS`."""
     rule = {"rule": "single", "source": SOURCE_NAME}
-    config["property_sources"] = {
-        "dataset": {field: dict(rule) for field in REPLACED_FIELDS},
-        "file": {},
+    return {
+        "property_sources": {"dataset": {field: dict(rule) for field in REPLACED_FIELDS}, "file": {}},
+        "dataset_options": {**config.get("dataset_options", {}), **DATASET_OPTIONS},
     }
-    config.setdefault("dataset_options", {}).update(DATASET_OPTIONS)
-    return config, logo
+
+
+#: The config's fields whose type we rely on, and the ``study`` object's.
+_CONFIG_TEXT = ("catalog_name", "logo_path", "link_color", "link_hover_color")
+_LINK = re.compile(r"https?://\S+")
+
+
+def checked_config(path: Path) -> dict:
+    """A catalog config (JSON) checked where this tool reads it: an object,
+    its text fields text, ``dataset_options`` an object, and ``study`` an
+    object with an optional ``description`` (text), ``doi`` (an http(s)
+    link) and ``license`` (``{"name": text, "url": http(s) link}``)."""
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise IcfError(f"{path}: not a JSON object")
+    bad = next((f for f in _CONFIG_TEXT if f in config and not isinstance(config[f], str)), None)
+    if bad or not isinstance(config.get("dataset_options", {}), dict):
+        raise IcfError(f"{path}: {bad or 'dataset_options'!r} has the wrong type")
+    study = config.get("study", {})
+    license = study.get("license", {}) if isinstance(study, dict) else None
+    if not (isinstance(study, dict) and set(study) <= {"description", "license", "doi"}
+            and isinstance(study.get("description", ""), str)
+            and (study.get("doi") is None or (isinstance(study["doi"], str) and _LINK.fullmatch(study["doi"])))
+            and isinstance(license, dict) and set(license) <= {"name", "url"}
+            and isinstance(license.get("name", ""), str)
+            and (license.get("url") is None or (isinstance(license["url"], str) and _LINK.fullmatch(license["url"])))):
+        raise IcfError(f"{path}: 'study' must be an object with an optional 'description' (text), 'doi' "
+                       "(an https:// link) and 'license' ({\"name\": text, \"url\": an https:// link})")
+    return config
 
 
 class _RemoteRefs(HTMLParser):

@@ -129,6 +129,9 @@ def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], st
         level=logging.WARNING if args.quiet else logging.INFO,
         stream=sys.stderr,
     )
+    # pydicom logs what it thinks of odd values (any bytes a header holds):
+    # values never reach our messages as they are, so neither do its words
+    logging.getLogger("pydicom").disabled = True
     started = time.monotonic()
     before = {path: _state(path) for path in outputs(args)}
     try:

@@ -123,6 +123,7 @@ _IMPLICIT_LE_HEADER, _IMPLICIT_BE_HEADER = struct.Struct("<HHI"), struct.Struct(
 _EXPLICIT_LE_HEADER, _EXPLICIT_BE_HEADER = struct.Struct("<HH2sH"), struct.Struct(">HH2sH")
 _LE_LENGTH, _BE_LENGTH = struct.Struct("<I"), struct.Struct(">I")
 _UNDEFINED = 0xFFFFFFFF
+_MAX_UID_BYTES = 66  # 64 characters, padding, one more to tell a cut value
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
 
@@ -277,7 +278,7 @@ class DicomHeader:
         frames = self.text(NUMBER_OF_FRAMES)
         return Identity(
             kind=kind,
-            frames=int(frames) if _INTEGER.fullmatch(frames) and int(frames) > 0 else 1,
+            frames=int(frames) if _INTEGER.fullmatch(frames) and 0 < int(frames) < 2**31 else 1,
             instance_number=self._json_value(INSTANCE_NUMBER),
             sop_instance=self.text(SOP_INSTANCE_UID),
             study=self.text(STUDY_INSTANCE_UID),
@@ -336,9 +337,11 @@ class DicomHeader:
 
 
 def _uid_name(uid: str) -> str:
-    from pydicom.uid import UID
+    """The name of a UID of the standard's registry, ``""`` if it is none
+    (a dictionary lookup: no validation, nothing logged, nothing kept)."""
+    from pydicom.uid import UID_dictionary
 
-    return UID(uid).name
+    return UID_dictionary.get(uid, ("",))[0]
 
 
 def _dictionary_vr(tag: int) -> str:
@@ -367,7 +370,9 @@ def _cut(texts: list[str]) -> list[str]:
 
 _TEXT_VRS = frozenset("AE AS CS DA DS DT IS LO LT PN SH ST TM UC UI UR UT".split())
 _SINGLE_VALUED_VRS = frozenset("LT ST UR UT".split())
-_INTEGER = re.compile(r"[+-]?\d+")  # what int() takes; "+-1" or "²" is no IS
+#: An IS value: at most 12 characters of ASCII digits and a sign ("+-1",
+#: "²" or a full-width "１２" is no IS), so an exported integer stays small.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,11}")
 
 
 # -- dates and times ---------------------------------------------------------
@@ -538,7 +543,9 @@ class _Walker:
                     raise NotDicom("undefined length in the file meta group")
                 if tag in (TRANSFER_SYNTAX_UID, MEDIA_STORAGE_SOP_CLASS_UID):
                     self._need(value_at + length)
-                    uids[tag] = self.data[value_at:value_at + length].decode("ascii", "replace").strip(" \0")
+                    # a UID has at most 64 characters: a longer value is kept cut (never decoded whole)
+                    value = self.data[value_at:value_at + min(length, _MAX_UID_BYTES)]
+                    uids[tag] = value.decode("ascii", "replace").strip(" \0")
                 pos = value_at + length
         except _EndOfData:
             return len(self.data), uids

@@ -38,9 +38,9 @@ by SeriesNumber, then key) and the findings, in the order of
 - ``not-depositable``: DICOM files whose path step 3 refuses
   (:func:`icf.annex.deposit_refusal`).
 
-Memory grows with the visit by about a hundred bytes per DICOM (an
-instance digest and md5, and InstanceNumbers per series), to find
-duplicates and gaps; the lists themselves stream.
+Memory grows with the visit by a few hundred bytes per DICOM (an instance
+digest and md5, and InstanceNumbers per series), to find duplicates and
+gaps, and by one record per series; the lists themselves stream.
 """
 
 from __future__ import annotations
@@ -190,10 +190,9 @@ class VisitSummary:
     def __init__(self, study: str):
         self.study = study
         self.series: dict[str, _Series] = {}
-        self.studies: dict[bytes, str] = {}  # digest of StudyInstanceUID -> first file
+        self.studies: dict[bytes, str | None] = {}  # digest of StudyInstanceUID -> first file (first 10)
         self.instances: dict[bytes, str] = {}  # digest of SOPInstanceUID -> md5 of the first file
         self.flagged: dict[str, _Paths] = defaultdict(_Paths)
-        self.refusal = ""
 
     def add(self, member: ScannedMember) -> DicomRecord | None:
         """Count ``member`` in; its DICOM record, or None if it is not DICOM."""
@@ -202,8 +201,8 @@ class VisitSummary:
             return None
         identity = member.header.identity()
         record = member.record(self.study, identity)
-        if identity.study:
-            self.studies.setdefault(_digest(identity.study), member.path)
+        if identity.study and (study := _digest(identity.study)) not in self.studies:
+            self.studies[study] = member.path if len(self.studies) < FINDING_PATHS else None
         if identity.sop_instance:
             instance = _digest(identity.sop_instance)
             if instance in self.instances:
@@ -213,8 +212,7 @@ class VisitSummary:
                 self.instances[instance] = member.md5
         if member.header.timestamp() is None:
             self.flagged["no-timestamp"].add(member.path)
-        if refusal := deposit_refusal(member.path):
-            self.refusal = self.refusal or f"{member.path!r} {refusal}"
+        if deposit_refusal(member.path):
             self.flagged["not-depositable"].add(member.path)
         if record.kind == "image":
             series = self.series.setdefault(record.series, _Series(record))
@@ -236,7 +234,7 @@ class VisitSummary:
         """The findings that apply, in :data:`FINDING_CODES` order."""
         found = dict(self.flagged)
         if len(self.studies) > 1:
-            found["mixed-studies"] = _Paths(len(self.studies), list(self.studies.values())[:FINDING_PATHS])
+            found["mixed-studies"] = _Paths(len(self.studies), [p for p in self.studies.values() if p])
         gaps = _Paths()
         described = []
         for _, series in self._ordered():
@@ -255,7 +253,8 @@ class VisitSummary:
                              + "; ".join(described[:5]) + ("; ..." if len(described) > 5 else ""),
             "not-dicom": "{count} file(s) are not DICOM: archived, but in no list or dataset",
             "no-timestamp": "{count} DICOM file(s) have no usable date and time",
-            "not-depositable": "{count} DICOM file(s) cannot be deposited as a dataset: " + self.refusal,
+            "not-depositable": "{count} DICOM file(s) cannot be deposited as a dataset "
+                               "(a path with '&', '#', a line break or a .git component)",
         }
         return [Finding(code, found[code].count, messages[code].format(count=found[code].count),
                         found[code].paths)
@@ -305,7 +304,7 @@ def deposit_metadata(visit: Visit, force: bool = False, strict: bool = False,
                            f"but {visit.md5sum.name} says {recorded}")
         record = TarballRecord.of(visit, scan.size, scan.md5, summary.image_series(), summary.findings())
         for finding in record.findings:
-            log.warning("%s: %s: %s", finding.code, finding.message, ", ".join(finding.paths))
+            log.warning("%s: %s: %s", finding.code, finding.message, ", ".join(map(repr, finding.paths)))
         integrity = [f.code for f in record.findings if f.code in INTEGRITY_CODES]
         if strict and integrity:
             raise IcfError(f"{visit.tarball}: {' and '.join(integrity)} (--strict: nothing written)")

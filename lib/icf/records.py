@@ -194,17 +194,30 @@ def _expect(ok: Callable[[Any], bool], what: str) -> Check:
     return lambda value: None if ok(value) else f"is not {what}"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_LARGEST = 2**63 - 1  # what every reader of the JSON (and the browser) takes as an integer
+
+
+def _is_text(value: Any) -> bool:
+    """A string that is text: JSON can carry lone surrogates, UTF-8 cannot."""
+    return isinstance(value, str) and not _SURROGATE.search(value)
+
+
+def _is_integer(value: Any) -> bool:
+    return type(value) is int and -_LARGEST <= value <= _LARGEST
+
+
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return _is_integer(value) and value >= 0
 
 
 def _is_tag_value(value: Any) -> bool:
     if isinstance(value, list):
-        return all(isinstance(item, str) for item in value)
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+        return all(_is_text(item) for item in value)
+    return _is_text(value) or _is_integer(value)
 
 
-_STRING = _expect(lambda v: isinstance(v, str), "a string")
+_STRING = _expect(_is_text, "text")
 _COUNT = _expect(_is_count, "a count")
 _POSITIVE = _expect(lambda v: _is_count(v) and v > 0, "a positive count")
 _MD5_DIGEST = _expect(lambda v: isinstance(v, str) and _MD5.fullmatch(v) is not None, "an md5 digest")
@@ -245,7 +258,7 @@ def _tarball_checks() -> dict[str, Check]:
 
 
 _PATHS = _expect(lambda v: isinstance(v, list) and len(v) <= FINDING_PATHS
-                 and all(isinstance(p, str) for p in v), f"a list of at most {FINDING_PATHS} paths")
+                 and all(_is_text(p) for p in v), f"a list of at most {FINDING_PATHS} paths")
 _FINDINGS = _list_of(lambda: {"code": _expect(lambda v: v in FINDING_CODES, "a finding code"),
                               "count": _POSITIVE, "message": _STRING, "paths": _PATHS})
 

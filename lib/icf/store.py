@@ -42,8 +42,10 @@ def series_key(study: str, series_uid: str) -> str:
     and often embed dates and device serial numbers. The key is the first
     16 hex digits of SHA-256 over the study ID and the UID, so it is stable
     (the same series gives the same key on every run and in every visit of
-    the study, which lets a re-exported series be recognised), cannot be
-    turned back into the UID, and does not link across studies. No UID
+    the study, which lets a re-exported series be recognised), holds no part
+    of the UID (its dates, device serials), and does not link across studies.
+    It is not a secret: whoever has (or can guess) the UID and the study ID
+    can compute the key. No UID
     gives ``""``.
     """
     if not series_uid:
@@ -62,9 +64,11 @@ def check_id(value: str) -> str:
 
 
 def natural_key(visit_id: str) -> tuple:
-    """Sort key that orders IDs as people do: ``v2`` before ``v10``."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
-                 for part in re.split(r"(\d+)", visit_id) if part)
+    """Sort key that orders IDs as people do: ``v2`` before ``v10`` (and,
+    for IDs equal but for leading zeros, ``v1`` before ``v01``)."""
+    parts = tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                  for part in re.split(r"([0-9]+)", visit_id) if part)
+    return (parts, visit_id)
 
 
 def study_visits(store: Path, study: str) -> list[str]:

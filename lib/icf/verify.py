@@ -15,24 +15,49 @@ Each problem is reported as ``<study>/<visit>: <file>: <what>``.
 
 from __future__ import annotations
 
+import io
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from icf import IcfError
+from icf import IcfError, doing
 from icf.annex import branch_logs, dataset_config_files, dataset_uuids, deposit_description
 from icf.dataset import visit_files
 from icf.git import isolated_git_env, run_git
 from icf.metadata import ArchiveScan, VisitSummary
-from icf.records import TarballRecord, read_dicom_records, read_md5sum, read_tarball_record
+from icf.records import (
+    DicomListWriter,
+    TarballRecord,
+    md5sum_line,
+    read_dicom_records,
+    read_md5sum,
+    read_tarball_record,
+)
 from icf.store import Visit
 from icf.tarball import latest_member_mtime
 
 
 def archive_problems(visit: Visit) -> Iterator[str]:
-    """Mismatches between the archive, its .md5sum and the two JSON files."""
+    """Mismatches between the archive, its .md5sum and the two JSON files:
+    every value, then (values agreeing) every byte, since steps 1 and 2
+    write the same bytes for the same archive (a file whose entries were
+    reordered or reformatted by hand says the same, but is not theirs)."""
+    expected: dict[Path, bytes] = {}
+    problems = 0
+    for problem in _value_problems(visit, expected):
+        problems += 1
+        yield problem
+    for path, content in expected.items() if problems == 0 else ():
+        with doing("reading", path):
+            if path.read_bytes() != content:
+                yield f"{path.name}: its values agree with the archive, but not its bytes (edited by hand?)"
+
+
+def _value_problems(visit: Visit, expected: dict[Path, bytes]) -> Iterator[str]:
+    """The value mismatches; ``expected`` gets the bytes of the three files
+    as the archive gives them."""
     try:
         tarball = read_tarball_record(visit)
         listed = {record.path: record for record in read_dicom_records(visit)}
@@ -45,9 +70,13 @@ def archive_problems(visit: Visit) -> Iterator[str]:
     dicoms_name = visit.metadata_dicoms.name
     scan = ArchiveScan(visit)
     summary = VisitSummary(visit.study)
+    listing = io.BytesIO()
+    dicoms = DicomListWriter(listing)
     try:
         for member in scan:
             derived = summary.add(member)
+            if derived is not None:
+                dicoms.add(derived)
             record = listed.pop(member.path, None)
             if record is None:
                 if derived is not None:
@@ -63,6 +92,7 @@ def archive_problems(visit: Visit) -> Iterator[str]:
     except IcfError as exc:  # a missing or corrupt archive is a finding, not a crash
         yield str(exc)
         return
+    dicoms.close()
     if recorded is not None and recorded != scan.md5:
         yield f"{visit.tarball.name}: md5 is {scan.md5}, {visit.md5sum.name} says {recorded}"
     derived_record = TarballRecord.of(visit, scan.size, scan.md5, summary.image_series(), summary.findings())
@@ -70,6 +100,8 @@ def archive_problems(visit: Visit) -> Iterator[str]:
                                visit.metadata_tarball.name)
     for path in listed:
         yield f"{path}: listed in {dicoms_name} but not in the archive"
+    expected.update({visit.md5sum: md5sum_line(visit, scan.md5), visit.metadata_tarball: derived_record.json(),
+                     visit.metadata_dicoms: listing.getvalue()})
 
 
 def _field_problems(prefix: str, found: dict, derived: dict, name: str) -> Iterator[str]:
@@ -149,14 +181,16 @@ def _branch_files(repo: Path, env: dict[str, str], branch: str) -> dict[str, tup
     blobs = run_git(repo, env, "cat-file", "--batch",
                     input=b"".join(info[2] + b"\n" for _, info in files))
     contents = {}
+    at = 0  # walked by offset: slicing off each blob would copy the rest every time
     for path, info in files:
-        header, _, blobs = blobs.partition(b"\n")
+        end = blobs.find(b"\n", at)
+        header = blobs[at:end if end >= 0 else len(blobs)]
         fields = header.split()
-        if len(fields) != 3 or fields[1] != b"blob" or not fields[2].isdigit() or len(fields[2]) > 12:
+        if end < 0 or len(fields) != 3 or fields[1] != b"blob" or not fields[2].isdigit() or len(fields[2]) > 12:
             raise IcfError(f"{repo}: {branch}: {path!r} is not a file ({header[:80]!r})")
         size = int(fields[2])
-        contents[path] = (info[0].decode(), blobs[:size])
-        blobs = blobs[size + 1:]
+        contents[path] = (info[0].decode(), blobs[end + 1:end + 1 + size])
+        at = end + 2 + size
     return contents
 
 
