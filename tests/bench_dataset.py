@@ -1,6 +1,6 @@
 """Speed of step 3 (``deposit_visit_dataset``) against the visit's file count.
 
-For each size, writes (once, cached in ``bench-work/dataset-<N>/``) a store
+For each size, writes (once, cached in ``bench-work/dataset-<N>-r2/``) a store
 with a TAR of N small dummy members and the two JSON files describing them
 (synthetic: this times the deposit, not DICOM reading), then runs the step
 with ``--force`` and prints wall time, files/s and peak memory: the tool's
@@ -15,13 +15,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import resource
 import sys
 import tarfile
 from pathlib import Path
 
 from measure import measure
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lib"))
+
+from icf.dicom import EXPORTED_TAGS  # noqa: E402
+from icf.records import DicomListWriter, DicomRecord, SeriesSummary, TarballRecord  # noqa: E402
+from icf.store import Visit  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "bench-work"
@@ -31,13 +36,14 @@ STUDY, VISIT = "bench", "v1"
 def synthetic_store(files: int) -> Path:
     """A store with a TAR of ``files`` dummy DICOM-named members and the
     step-2 JSON for them (cached)."""
-    store = WORK / f"dataset-{files}"
+    store = WORK / f"dataset-{files}-r2"  # r2: the metadata format with series and findings
     study = store / STUDY
     if (study / f"{VISIT}_metadata_tarball.json").exists():
         return store
     study.mkdir(parents=True, exist_ok=True)
     tar_path = study / f"{VISIT}_dicom.tar"
-    records = []
+    records: list[DicomRecord] = []
+    series_tags: dict[str, dict] = {}
     with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
         for index in range(files):
             series = index % 6 + 1
@@ -46,18 +52,23 @@ def synthetic_store(files: int) -> Path:
             info = tarfile.TarInfo(path)
             info.size, info.mtime = len(content), 1398441215 + index % 60
             tar.addfile(info, io.BytesIO(content))
-            records.append({
-                "path": path, "md5": hashlib.md5(content).hexdigest(), "size": len(content),
-                "SeriesDescription": f"bench series {series}", "SeriesNumber": series * 100 + 1,
-                "Modality": "MR", "MRAcquisitionType": "2D",
-                "ProtocolName": f"bench_series_{series}", "PulseSequenceName": "",
-            })
+            tags = {**dict.fromkeys(EXPORTED_TAGS, ""), "SeriesDescription": f"bench series {series}",
+                    "SeriesNumber": series * 100 + 1, "Modality": "MR", "MRAcquisitionType": "2D",
+                    "ProtocolName": f"bench_series_{series}"}
+            key = f"{series:016x}"
+            series_tags.setdefault(key, tags)
+            records.append(DicomRecord(path, hashlib.md5(content).hexdigest(), len(content), key, "image", 1,
+                                       index // 6 + 1, tags))
     data = tar_path.read_bytes()
-    (study / f"{VISIT}_metadata_dicoms.json").write_text(
-        "[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
-    (study / f"{VISIT}_metadata_tarball.json").write_text(json.dumps({
-        "size": len(data), "md5": hashlib.md5(data).hexdigest(),
-        "dspath": f"icf/{VISIT}_dicom.tar", "storepath": f"{STUDY}/{VISIT}_dicom.tar"}))
+    with open(study / f"{VISIT}_metadata_dicoms.json", "wb") as out:
+        listing = DicomListWriter(out)
+        for record in records:
+            listing.add(record)
+        listing.close()
+    counts = {key: sum(r.series == key for r in records) for key in series_tags}
+    summaries = [SeriesSummary(key, tags, counts[key], counts[key]) for key, tags in sorted(series_tags.items())]
+    tarball = TarballRecord.of(Visit(store, STUDY, VISIT), len(data), hashlib.md5(data).hexdigest(), summaries, [])
+    (study / f"{VISIT}_metadata_tarball.json").write_bytes(tarball.json())
     return store
 
 

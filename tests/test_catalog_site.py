@@ -30,7 +30,7 @@ def test_patch_matches_the_pinned_upstream_file(name):
 def site(tmp_path):
     """The files of a site as catalog_create copies them."""
     site = tmp_path / "catalog"
-    for name in ("assets", "templates"):
+    for name in ("assets", "templates", "schema"):
         shutil.copytree(UPSTREAM / name, site / name)
     (site / "config.json").write_text('{"catalog_name": "x", "dataset_options": {"include_metadata_export": true}}')
     return site
