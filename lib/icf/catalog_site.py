@@ -44,6 +44,20 @@ _JS = "assets/app_component_dataset.js"
 _HTML = "templates/dataset-template.html"
 _SCHEMA = "schema/jsonschema_dataset.json"
 
+def _natural_sort(upstream_comparison: str, first: str, second: str) -> tuple[str, str, str, int]:
+    """The edit of one of the two subdataset sorts (by last path component)."""
+    old = f"""                sorted = subdatasets.sort((a, b) =>
+                  a.dirs_from_path[a.dirs_from_path.length - 1] {upstream_comparison}
+                  b.dirs_from_path[b.dirs_from_path.length - 1]
+                    ? 1
+                    : -1
+                );"""
+    new = f"""                sorted = subdatasets.sort((a, b) =>
+                  {first}.dirs_from_path.at(-1).localeCompare({second}.dirs_from_path.at(-1), undefined, {{numeric: true}})
+                );"""
+    return (_JS, old, new, 1)
+
+
 #: name -> [(file in the site, old, new, how often old occurs upstream)]
 PATCHES: dict[str, list[tuple[str, str, str, int]]] = {
     # a tab link (#/dataset/<id>/<version>/<tab>) threw "tabs is not defined",
@@ -108,25 +122,8 @@ PATCHES: dict[str, list[tuple[str, str, str, int]]] = {
                 )
               );""", 1),
     ],
-    # visits sorted as people count: v2 before v10
-    "natural-order": [
-        (_JS, """                sorted = subdatasets.sort((a, b) =>
-                  a.dirs_from_path[a.dirs_from_path.length - 1] >
-                  b.dirs_from_path[b.dirs_from_path.length - 1]
-                    ? 1
-                    : -1
-                );""", """                sorted = subdatasets.sort((a, b) =>
-                  a.dirs_from_path.at(-1).localeCompare(b.dirs_from_path.at(-1), undefined, {numeric: true})
-                );""", 1),
-        (_JS, """                sorted = subdatasets.sort((a, b) =>
-                  a.dirs_from_path[a.dirs_from_path.length - 1] <
-                  b.dirs_from_path[b.dirs_from_path.length - 1]
-                    ? 1
-                    : -1
-                );""", """                sorted = subdatasets.sort((a, b) =>
-                  b.dirs_from_path.at(-1).localeCompare(a.dirs_from_path.at(-1), undefined, {numeric: true})
-                );""", 1),
-    ],
+    # visits sorted as people count: v2 before v10 (ascending, descending)
+    "natural-order": [_natural_sort(">", "a", "b"), _natural_sort("<", "b", "a")],
     # one clone command, the URL in single quotes (a ' in it as '\''), into a
     # directory named after the visit, in the button's dialog and under the
     # description, in a block that scrolls instead of wrapping the URL
