@@ -238,9 +238,9 @@ def test_slurm_script_is_valid_bash():
     assert os.access(SLURM_SCRIPT, os.X_OK)
 
 
-@pytest.fixture
-def slurm_env(tmp_path) -> dict[str, str]:
-    """A submit directory with a visit list, a store, and the mock on PATH."""
+def slurm_stand_in(tmp_path: Path) -> dict[str, str]:
+    """The environment of an array task with the stand-in runtime on PATH:
+    empty submit directory and store under ``tmp_path``."""
     mock_dir, submit, store = tmp_path / "mock", tmp_path / "submit", tmp_path / "store"
     for path in (mock_dir, submit, store):
         path.mkdir()
@@ -248,12 +248,20 @@ def slurm_env(tmp_path) -> dict[str, str]:
     mock.write_text(SINGULARITY_MOCK.replace("@PYTHON@", shlex.quote(sys.executable))
                     .replace("@DISPATCHER@", shlex.quote(str(DISPATCHER))))
     mock.chmod(0o755)
-    (submit / "input").symlink_to(SAMPLE_VISIT)  # a relative INPUT-DIR
-    (submit / "visits.txt").write_text(
-        f"# STUDY VISIT INPUT-DIR\n\ns v1 {SAMPLE_VISIT}\n  s v2 input\n")
     return {"PATH": f"{mock_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(submit),
             "ICF_STORE": str(store), "ICF_IMAGE": str(tmp_path / "icf.sif"),
             "MOCK_LOG": str(tmp_path / "argv")}
+
+
+@pytest.fixture
+def slurm_env(tmp_path) -> dict[str, str]:
+    """A submit directory with a visit list, a store, and the mock on PATH."""
+    env = slurm_stand_in(tmp_path)
+    submit = Path(env["SLURM_SUBMIT_DIR"])
+    (submit / "input").symlink_to(SAMPLE_VISIT)  # a relative INPUT-DIR
+    (submit / "visits.txt").write_text(
+        f"# STUDY VISIT INPUT-DIR\n\ns v1 {SAMPLE_VISIT}\n  s v2 input\n")
+    return env
 
 
 @pytest.mark.slow

@@ -19,11 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -409,18 +407,9 @@ def test_hostile_names_in_the_study_are_warned_about_and_skipped(tmp_path, metad
 @pytest.fixture
 def slurm(tmp_path) -> dict:
     """The stand-in runtime of test_container (no Singularity here)."""
-    from test_container import DISPATCHER, SINGULARITY_MOCK
+    from test_container import slurm_stand_in
 
-    mock_dir, submit, store = tmp_path / "mock", tmp_path / "submit", tmp_path / "store"
-    for path in (mock_dir, submit, store):
-        path.mkdir()
-    mock = mock_dir / "singularity"
-    mock.write_text(SINGULARITY_MOCK.replace("@PYTHON@", shlex.quote(sys.executable))
-                    .replace("@DISPATCHER@", shlex.quote(str(DISPATCHER))))
-    mock.chmod(0o755)
-    return {"PATH": f"{mock_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(submit),
-            "ICF_STORE": str(store), "ICF_IMAGE": str(tmp_path / "icf.sif"),
-            "MOCK_LOG": str(tmp_path / "argv"), "ICF_TARGET": "archive"}
+    return {**slurm_stand_in(tmp_path), "ICF_TARGET": "archive"}
 
 
 def run_task(env: dict, task: int, **changes) -> subprocess.CompletedProcess:
