@@ -268,10 +268,17 @@ $(STUDY_DIR)/catalog/visits/%.json: $(STUDY_DIR)/%_metadata_tarball.json \
 	$(RUN_TOOL) catalogify_studyvisit_from_meta $(IDS) $(STORE_URL_OPTION)
 
 venv: $(VENV_READY_FILE)
-# the tools' requirements and those of tests, docs and lint (which include the former)
-$(ICF_VENV)/.requirements-installed: $(ICF)/requirements.txt $(ICF)/requirements-dev.txt
+# the tools' requirements and those of tests, docs and lint (which include the
+# former); this checkout's tarslice remote, editable (lib/ is what runs); and
+# the wheels from which tests/test_tarslice.py installs it, offline, into a
+# fresh venv as a researcher would (pinned by the same files)
+$(ICF_VENV)/.requirements-installed: $(ICF)/requirements.txt $(ICF)/requirements-dev.txt $(ICF)/pyproject.toml
 	test -x "$$ICF_VENV/bin/python" || python3 -m venv "$$ICF_VENV"
 	"$$ICF_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$$ICF_HOME/requirements-dev.txt"
+	"$$ICF_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+	  -e "$$ICF_HOME"
+	"$$ICF_VENV/bin/python" -m pip wheel --quiet --disable-pip-version-check -w "$$ICF_VENV/wheelhouse" \
+	  -c "$$ICF_HOME/requirements-dev.txt" datalad-next git-annex setuptools
 	touch "$$ICF_VENV/.requirements-installed"
 
 override ICF_DEMO_STORE := $(CURDIR)/demo-store

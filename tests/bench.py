@@ -8,7 +8,9 @@ files, with a new SOPInstanceUID per copy and several series, and times on
 it: step 1 beside GNU tar, step 2 beside tarfile+hashlib, the DICOM header
 reader step 2 uses beside pydicom's ``dcmread`` (``--only header`` runs just
 that), step 3 (plus its scaling on synthetic 1k/5k/20k-file visits,
-``bench_dataset.py``), and step 4 with 1 and with 1,000 visits in the catalog:
+``bench_dataset.py``), getting one DICOM and 600 DICOMs of a series from a
+clone over HTTP by tarslice beside archivist, and clone time with and
+without tarslice (``bench_tarslice.py``; ``--only tarslice``), and step 4 with 1 and with 1,000 visits in the catalog:
 adding the last visit, and the study page in headless Chromium
 (``bench_catalog.py``; the 1,000-visit catalog is built once and cached).
 Prints figures; it is not a test and asserts nothing.
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 from bench_dataset import bench_scaling
+from bench_tarslice import bench_clone_time, bench_ranged_get
 from measure import measure
 
 REPO = Path(__file__).resolve().parent.parent
@@ -221,9 +224,10 @@ def main() -> None:
                         "always measured too (default: 1000)")
     parser.add_argument("--header-files", type=int, default=1000,
                         help="DICOMs of the visit the header readers read (default: 1000)")
-    parser.add_argument("--only", choices=["header", "steps12"],
+    parser.add_argument("--only", choices=["header", "steps12", "tarslice"],
                         help="only these figures: header, the DICOM header reader beside pydicom; "
-                        "steps12, steps 1 and 2 beside their baselines")
+                        "steps12, steps 1 and 2 beside their baselines; tarslice, steps 1 and 2, "
+                        "then DICOMs from a clone by tarslice beside archivist, and clone time")
     parser.add_argument("--replicate-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
@@ -240,10 +244,16 @@ def main() -> None:
     bench_metadata(store, args.files + 1, args.runs)
     if args.only == "steps12":
         return
+    if args.only == "tarslice":
+        bench_ranged_get(store, "bench", "v1")
+        bench_clone_time(WORK, args.runs)
+        return
     sys.stdout.flush()
     subprocess.run([sys.executable, __file__, "--only", "header", "--files", str(args.files),
                     "--header-files", str(args.header_files), "--runs", str(args.runs)], check=True)
     bench_dataset(store, args.files)
+    bench_ranged_get(store, "bench", "v1")
+    bench_clone_time(WORK, args.runs)
     print("step 3 deposit_visit_dataset, synthetic visits (linear in the file count?):")
     bench_scaling(args.dataset_files)
     from bench_catalog import bench_catalog  # imports all of icf: not needed for --only header

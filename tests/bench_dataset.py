@@ -36,7 +36,7 @@ STUDY, VISIT = "bench", "v1"
 def synthetic_store(files: int) -> Path:
     """A store with a TAR of ``files`` dummy DICOM-named members and the
     step-2 JSON for them (cached)."""
-    store = WORK / f"dataset-{files}-r2"  # r2: the metadata format with series and findings
+    store = WORK / f"dataset-{files}-r3"  # r3: the metadata format with series, findings and offsets
     study = store / STUDY
     if (study / f"{VISIT}_metadata_tarball.json").exists():
         return store
@@ -52,12 +52,13 @@ def synthetic_store(files: int) -> Path:
             info = tarfile.TarInfo(path)
             info.size, info.mtime = len(content), 1398441215 + index % 60
             tar.addfile(info, io.BytesIO(content))
+            offset = tar.offset - (len(content) + -len(content) % tarfile.BLOCKSIZE)
             tags = {**dict.fromkeys(EXPORTED_TAGS, ""), "SeriesDescription": f"bench series {series}",
                     "SeriesNumber": series * 100 + 1, "Modality": "MR", "MRAcquisitionType": "2D",
                     "ProtocolName": f"bench_series_{series}"}
             key = f"{series:016x}"
             series_tags.setdefault(key, tags)
-            records.append(DicomRecord(path, hashlib.md5(content).hexdigest(), len(content), key, "image", 1,
+            records.append(DicomRecord(path, hashlib.md5(content).hexdigest(), len(content), offset, key, "image", 1,
                                        index // 6 + 1, tags))
     data = tar_path.read_bytes()
     with open(study / f"{VISIT}_metadata_dicoms.json", "wb") as out:

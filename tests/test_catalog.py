@@ -65,8 +65,9 @@ def write_visit_metadata(store: Path, study: str, visit: str, series=SERIES, fin
                 "PulseSequenceName": pulse}
         key, kind = f"{index:016x}", "other" if modality == "SR" else "image"
         for i in range(files):
-            dicoms.append({**DicomRecord(f"{v.archive_top}/s{number}/{i:04d}.dcm", f"{i:032x}", 1000 + i,
-                                         key, kind, frames, i + 1, tags).json_value(), **(extra or {})})
+            path = f"{v.archive_top}/s{number}/{i:04d}.dcm"
+            record = DicomRecord(path, f"{i:032x}", 1000 + i, 512 * (3 * i + 1), key, kind, frames, i + 1, tags)
+            dicoms.append({**record.json_value(), **(extra or {})})
         if kind == "image":
             summaries.append(SeriesSummary(key, tags, files, files * frames))
     summaries.sort(key=lambda s: series_order(s.tags["SeriesNumber"]))

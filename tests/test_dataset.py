@@ -6,21 +6,19 @@ Archives and JSON come from the real steps 1 and 2 (:func:`visit_store`).
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import SAMPLE_VISIT, make_dicom, run_tool
+from rangeserver import range_server
 
 from icf.annex import annex_key, key_extension
 from icf.store import Visit
@@ -129,7 +127,11 @@ def test_clone_get_metadata_view_fsck(deposited, tmp_path):
     run([VENV_BIN / "datalad", "get", first["path"]], cwd=ds, env=env)
     assert md5_of(ds / first["path"]) == first["md5"]
     whereis = json.loads(run(["git", "annex", "whereis", "--json", first["path"]], cwd=ds, env=env).stdout)
-    assert "[archivist]" in {w["description"] for w in whereis["whereis"]}
+    assert {"[archivist]", "[tarslice]"} <= {w["description"] for w in whereis["whereis"]}
+    # archivist serves the same keys (datalad get prefers tarslice, the cheaper)
+    second = records[1]
+    run(["git", "annex", "get", "--from", "archivist", second["path"]], cwd=ds, env=env)
+    assert md5_of(ds / second["path"]) == second["md5"]
     # the TAR through uncurl
     run(["git", "annex", "get", "--from", "uncurl", visit.dataset_tar_path], cwd=ds, env=env)
     tarball = json.loads(visit.metadata_tarball.read_text())
@@ -270,7 +272,7 @@ def assert_branch_made_by_batch_commands(visit: Visit, ds: Path, ref: Path, env:
     run(["git", "init", "-q", ref], env=env_ref)
     run(["git", "config", "annex.uuid", annex_uuid], cwd=ref, env=env_ref)
     run(["git", "annex", "init", "-q", f"ICF deposit {visit.study}/{visit.visit}"], cwd=ref, env=env_ref)
-    for remote in ("uncurl", "archivist"):
+    for remote in ("uncurl", "archivist", "tarslice"):
         run(["git", "annex", "initremote", "-q", remote, "type=external", f"externaltype={remote}",
              "encryption=none", "autoenable=true", f"uuid={uuids[remote]}"], cwd=ref, env=env_ref)
     tar_key = annex_key(json.loads(visit.metadata_tarball.read_text())["md5"],
@@ -282,6 +284,9 @@ def assert_branch_made_by_batch_commands(visit: Visit, ds: Path, ref: Path, env:
     batch(ref, env_ref, ["registerurl", "--batch", "-z", "--json", "--remote=archivist"], "".join(
         f"{annex_key(r['md5'], r['size'], r['path'])} "
         f"dl+archive:{tar_key}#path={r['path']}&size={r['size']}\0" for r in records))
+    batch(ref, env_ref, ["registerurl", "--batch", "-z", "--json", "--remote=tarslice"], "".join(
+        f"{annex_key(r['md5'], r['size'], r['path'])} "
+        f"tarslice:{tar_key}#offset={r['offset']}&size={r['size']}\0" for r in records))
     # metadata: every field of the record but where and what the file is, all
     # values of a multi-valued tag, once per key (identical files share one)
     first_of_key = {annex_key(r["md5"], r["size"], r["path"]): r for r in reversed(records)}
@@ -294,11 +299,11 @@ def assert_branch_made_by_batch_commands(visit: Visit, ds: Path, ref: Path, env:
 
 def metadata_of(record: dict) -> dict[str, list[str]]:
     """The git-annex metadata a DICOM record should give: its fields but
-    path, md5, size, kind and frames, each with its non-empty values."""
+    path, md5, size, offset, kind and frames, each with its non-empty values."""
     fields = {}
     for name, value in record.items():
         values = [str(v) for v in (value if isinstance(value, list) else [value]) if str(v) != ""]
-        if name not in ("path", "md5", "size", "kind", "frames") and values:
+        if name not in ("path", "md5", "size", "offset", "kind", "frames") and values:
             fields[name] = values
     return fields
 
@@ -367,8 +372,12 @@ def test_multivalued_tags_identical_files_and_views(tmp_path):
     whereis = json.loads(run(["git", "annex", "whereis", "--json", records["copy/same.dcm"]["path"]],
                              cwd=ds, env=env).stdout)
     urls = [url for w in whereis["whereis"] for url in w.get("urls", [])]
-    assert sorted(url.split("#path=")[1] for url in urls) == [
-        f"{records[name]['path']}&size={records[name]['size']}" for name in ("copy/same.dcm", "t1/a.dcm")]
+    both = ("copy/same.dcm", "t1/a.dcm")
+    assert sorted(url.split("#path=")[1] for url in urls if url.startswith("dl+archive:")) == [
+        f"{records[name]['path']}&size={records[name]['size']}" for name in both]
+    assert sorted(url.split("#")[1] for url in urls if url.startswith("tarslice:")) == sorted(
+        f"offset={records[name]['offset']}&size={records[name]['size']}" for name in both)
+    assert len(urls) == 4
     meta = json.loads(run(["git", "annex", "metadata", "--json", records["t1/a.dcm"]["path"]],
                           cwd=ds, env=env).stdout)
     assert sorted(meta["fields"]["ProtocolName"]) == ["T1 MPRAGE", "repeat"]
@@ -409,42 +418,13 @@ def test_unaddressable_paths_refused_before_writing(tmp_path, name):
 USER, SECRET = "researcher", "s3cret"
 
 
-class AuthHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves the store; every request needs basic auth (realm "icf")."""
-
-    def do_GET(self):
-        expected = "Basic " + base64.b64encode(f"{USER}:{SECRET}".encode()).decode()
-        if self.headers.get("Authorization") != expected:
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="icf"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        super().do_GET()
-
-    def do_HEAD(self):
-        expected = "Basic " + base64.b64encode(f"{USER}:{SECRET}".encode()).decode()
-        if self.headers.get("Authorization") != expected:
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="icf"')
-            self.end_headers()
-            return
-        super().do_HEAD()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def http_store(tmp_path):
+    """A store served with basic auth (realm "icf") on 127.0.0.1."""
     store = tmp_path / "store"
     store.mkdir()
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), lambda *a: AuthHandler(*a, directory=str(store)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield store, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with range_server(store, (USER, SECRET)) as (url, _):
+        yield store, url
 
 
 def credential_env(home: Path, base_url: str, user: str, secret: str) -> dict:

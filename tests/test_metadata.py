@@ -18,7 +18,7 @@ from conftest import REPO, SAMPLE_VISIT, make_dicom, run_tool
 from measure import measure
 from pydicom.dataelem import DataElement
 
-FIELDS = ["path", "md5", "size", "series", "kind", "frames", "InstanceNumber", "SeriesDescription",
+FIELDS = ["path", "md5", "size", "offset", "series", "kind", "frames", "InstanceNumber", "SeriesDescription",
           "SeriesNumber", "Modality", "MRAcquisitionType", "ProtocolName", "PulseSequenceName", "SequenceName"]
 SAMPLE_SERIES = "f86afc94fa249a70"  # series_key("study", the sample's SeriesInstanceUID)
 
@@ -81,10 +81,14 @@ def test_real_sample_gives_exactly_the_contract_fields(store):
     assert len(dicoms) == 12 and all(list(d) == FIELDS for d in dicoms)
     with tarfile.open(tar) as t:
         for record in dicoms:
-            content = t.extractfile(record["path"]).read()
+            member = t.getmember(record["path"])
+            content = t.extractfile(member).read()
             assert record["md5"] == hashlib.md5(content).hexdigest() and record["size"] == len(content)
+            # the offset is where Python's tarfile finds the content, and the bytes there are it
+            assert record["offset"] == member.offset_data
+            assert data[record["offset"]:record["offset"] + record["size"]] == content
     assert dicoms[0] == {"path": first, "md5": "e14593a00fc5f79c9eabe8dd629c2843", "size": 21128,
-                         "series": SAMPLE_SERIES, "kind": "image", "frames": 1, "InstanceNumber": 1,
+                         "offset": 18432, "series": SAMPLE_SERIES, "kind": "image", "frames": 1, "InstanceNumber": 1,
                          **sample_tags}
     assert result.stderr.count("deposit_visit_metadata: not-dicom: 2 file(s) are not DICOM") == 1
 

@@ -93,6 +93,20 @@ def test_changed_metadata_disagrees_with_archive_and_deposit(visit):
     assert f"{path}: key MD5E-s{listed[1]['size']}--" in found[1] and "in the dataset deposit" in found[1]
 
 
+def test_changed_offset_disagrees_with_archive_and_deposit(visit):
+    """A wrong offset would make tarslice fetch other bytes: verify names it
+    in the DICOM list and in the deposit's tarslice locator."""
+    listed = records(visit)
+    listed[2]["offset"] += 512
+    visit.metadata_dicoms.write_text(json.dumps(listed))
+    found = mismatches(verify(visit))
+    path = listed[2]["path"]
+    assert len(found) == 2, found
+    assert f"{path}: offset " in found[0], found
+    assert found[1].startswith(f"verify_visit: mismatch: {STUDY}/{VISIT}: {path}: URL in the dataset deposit"), found
+    assert f"offset={listed[2]['offset'] - 512}&" in found[1] and f"offset={listed[2]['offset']}&" in found[1]
+
+
 def test_member_dropped_from_metadata(visit):
     listed = records(visit)
     dropped = listed.pop()

@@ -8,6 +8,9 @@ deposit against it.
   (:func:`key_extension`) under the pinned :data:`KEY_SETTINGS`. A DICOM
   named ``MR.1.3.46.670589...`` has no extension (its last dot-part is
   longer than 4 characters).
+- Every DICOM has two locators: archivist's ``dl+archive:`` URL and
+  :mod:`icf.tarslice`'s span of the TAR (present in both remotes; git-annex
+  prefers tarslice, the cheaper, where it is installed).
 - The git-annex branch gets the lines ``initremote``, ``registerurl
   --batch --remote=...`` and ``metadata --batch`` would write
   (:func:`branch_logs`; a test builds both ways and compares the branches
@@ -33,6 +36,8 @@ from typing import Iterable, Iterator
 
 from icf.records import DicomRecord, TarballRecord
 from icf.store import Visit, derived_uuid, git_refusal
+from icf.tarslice import NAME as TARSLICE
+from icf.tarslice import Span
 
 #: git-annex settings that decide keys; pinned for the build repository.
 KEY_SETTINGS = {
@@ -42,8 +47,9 @@ KEY_SETTINGS = {
 }
 #: Characters a member path cannot contain (see the module docstring).
 FORBIDDEN_IN_PATH = {"&": "'&'", "#": "'#'", "\n": "a line break", "\r": "a carriage return"}
-#: The special remotes every dataset has, by name (also their externaltype).
-SPECIAL_REMOTES = ("uncurl", "archivist")
+#: The special remotes every dataset has, by name (also their externaltype):
+#: datalad-next's two, and ours (:mod:`icf.tarslice`).
+SPECIAL_REMOTES = ("uncurl", "archivist", TARSLICE)
 
 DATALAD_GITATTRIBUTES = b"* annex.backend=MD5E\n**/.git* annex.largefiles=nothing\n"
 DATALAD_DIR_GITATTRIBUTES = (
@@ -55,12 +61,12 @@ DATALAD_DIR_GITATTRIBUTES = (
 
 @dataclass(frozen=True)
 class AnnexedFile:
-    """One file of the dataset: its path, key, and where its content is."""
+    """One file of the dataset: its path, key, and where its content is:
+    (remote, URL) pairs, the remote one of :data:`SPECIAL_REMOTES`."""
 
     path: str
     key: str
-    url: str
-    remote: str  # one of SPECIAL_REMOTES
+    locators: tuple[tuple[str, str], ...]
     metadata: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (field, values), see metadata_fields
 
 
@@ -134,7 +140,7 @@ def annexed_files(visit: Visit, tarball: TarballRecord, dicoms: Iterable[DicomRe
     """The TAR and every DICOM as annexed files; raises ValueError naming
     (up to five of) the paths a dataset cannot hold."""
     tar_key = annex_key(tarball.md5, tarball.size, visit.tarball.name)
-    files = [AnnexedFile(visit.dataset_tar_path, tar_key, visit.tar_url(store_url), "uncurl")]
+    files = [AnnexedFile(visit.dataset_tar_path, tar_key, (("uncurl", visit.tar_url(store_url)),))]
     problems = []
     for record in dicoms:
         refusal = deposit_refusal(record.path)
@@ -142,7 +148,8 @@ def annexed_files(visit: Visit, tarball: TarballRecord, dicoms: Iterable[DicomRe
             problems.append(f"{record.path!r} {refusal}")
         files.append(AnnexedFile(
             record.path, annex_key(record.md5, record.size, record.path),
-            f"dl+archive:{tar_key}#path={record.path}&size={record.size}", "archivist",
+            (("archivist", f"dl+archive:{tar_key}#path={record.path}&size={record.size}"),
+             (TARSLICE, Span(tar_key, record.offset, record.size).locator)),
             metadata_fields(record),
         ))
     if problems:
@@ -155,15 +162,16 @@ def annexed_files(visit: Visit, tarball: TarballRecord, dicoms: Iterable[DicomRe
 def branch_logs(files: list[AnnexedFile], uuids: dict[str, str], description: str,
                 timestamp: int) -> Iterator[tuple[str, bytes]]:
     """The git-annex branch files, as (path, content), that ``git annex init
-    <description>``, ``initremote`` of the two special remotes,
-    ``registerurl --remote`` and ``metadata`` write at ``timestamp``:
-    ``uuid.log`` and ``remote.log`` (lines sorted by UUID), and per key its
-    location log (present in its remote), URL log and metadata log.
+    <description>``, ``initremote`` of the special remotes, ``registerurl
+    --batch --remote`` (once per remote, in :data:`SPECIAL_REMOTES` order)
+    and ``metadata`` write at ``timestamp``: ``uuid.log`` and ``remote.log``
+    (lines sorted by UUID), and per key its location log (present in each
+    of its remotes, sorted by UUID), URL log and metadata log.
 
     Files with the same content share a key: its URL log then has one line
-    per path, in the order of ``files`` (the order ``registerurl --batch``
-    appends them in), and its metadata is the first file's (identical bytes
-    give identical tags). A field's values are sorted by their UTF-8 bytes,
+    per locator, by remote and then in the order of ``files`` (the order
+    ``registerurl --batch`` appends them in), and its metadata is the first
+    file's (identical bytes give identical tags). A field's values are sorted by their UTF-8 bytes,
     fields case-insensitively, as ``git annex metadata`` writes them."""
     stamp = f"{timestamp}s"
     names = {uuids["annex"]: description, **{uuids[r]: r for r in SPECIAL_REMOTES}}
@@ -178,8 +186,10 @@ def branch_logs(files: list[AnnexedFile], uuids: dict[str, str], description: st
     for key, items in by_key.items():
         base = branch_dir(key) + key
         first = items[0]
-        yield base + ".log", f"{stamp} 1 {uuids[first.remote]}\n".encode()
-        urls = dict.fromkeys(item.url for item in items)
+        remotes = sorted({uuids[remote] for remote, _ in first.locators})
+        yield base + ".log", "".join(f"{stamp} 1 {uuid}\n" for uuid in remotes).encode()
+        urls = dict.fromkeys(url for remote in SPECIAL_REMOTES for item in items
+                             for locator_remote, url in item.locators if locator_remote == remote)
         yield base + ".log.web", "".join(f"{stamp} 1 :{url}\n" for url in urls).encode()
         if first.metadata:
             fields = sorted(first.metadata, key=lambda fv: fv[0].casefold())

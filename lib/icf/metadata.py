@@ -91,11 +91,12 @@ class MetadataSummary:
 
 @dataclass(frozen=True)
 class ScannedMember:
-    """A file member of a visit's archive: path, size, md5, and its DICOM
-    header, or None if it is not DICOM."""
+    """A file member of a visit's archive: path, size, where its content
+    starts in the TAR, md5, and its DICOM header, or None if it is not DICOM."""
 
     path: str
     size: int
+    offset: int
     md5: str
     header: DicomHeader | None
 
@@ -104,7 +105,7 @@ class ScannedMember:
         ``identity``: its header's, if already known)."""
         assert self.header is not None
         identity = identity or self.header.identity()
-        return DicomRecord(self.path, self.md5, self.size, series_key(study, identity.series),
+        return DicomRecord(self.path, self.md5, self.size, self.offset, series_key(study, identity.series),
                            identity.kind, identity.frames, identity.instance_number,
                            self.header.technical_tags())
 
@@ -138,7 +139,7 @@ class ArchiveScan:
                     raise IcfError(f"{name}: member {entry.path!r} appears twice")
                 seen.add(path)
                 if not entry.is_dir:
-                    yield ScannedMember(path, entry.size, *_described(content))
+                    yield ScannedMember(path, entry.size, entry.offset, *_described(content))
 
     @property
     def md5(self) -> str:

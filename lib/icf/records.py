@@ -104,7 +104,9 @@ class TarballRecord:
 @dataclass(frozen=True)
 class DicomRecord:
     """One entry of ``<visit>_metadata_dicoms.json``: a DICOM member's path
-    in the archive, md5 and size; its series key (:func:`icf.store.series_key`
+    in the archive, md5, size and ``offset`` (where its content starts in the
+    TAR, in bytes: the content is bytes ``offset`` to ``offset + size - 1``,
+    which :mod:`icf.tarslice` fetches by range); its series key (:func:`icf.store.series_key`
     of its SeriesInstanceUID, ``""`` without one), kind (:data:`KINDS`),
     frames and InstanceNumber; and its exported tags (in
     :data:`~icf.dicom.EXPORTED_TAGS` order)."""
@@ -112,6 +114,7 @@ class DicomRecord:
     path: str
     md5: str
     size: int
+    offset: int
     series: str
     kind: str
     frames: int
@@ -120,10 +123,10 @@ class DicomRecord:
 
     @staticmethod
     def fields() -> tuple[str, ...]:
-        return ("path", "md5", "size", "series", "kind", "frames", "InstanceNumber", *EXPORTED_TAGS)
+        return ("path", "md5", "size", "offset", "series", "kind", "frames", "InstanceNumber", *EXPORTED_TAGS)
 
     def json_value(self) -> dict[str, Any]:
-        return {"path": self.path, "md5": self.md5, "size": self.size, "series": self.series,
+        return {"path": self.path, "md5": self.md5, "size": self.size, "offset": self.offset, "series": self.series,
                 "kind": self.kind, "frames": self.frames, "InstanceNumber": self.instance, **self.tags}
 
     def json(self) -> bytes:
@@ -219,6 +222,7 @@ def _is_tag_value(value: Any) -> bool:
 
 _STRING = _expect(_is_text, "text")
 _COUNT = _expect(_is_count, "a count")
+_BLOCK_OFFSET = _expect(lambda v: _is_count(v) and v % 512 == 0, "a byte offset (a multiple of 512)")
 _POSITIVE = _expect(lambda v: _is_count(v) and v > 0, "a positive count")
 _MD5_DIGEST = _expect(lambda v: isinstance(v, str) and _MD5.fullmatch(v) is not None, "an md5 digest")
 _SERIES_KEY = _expect(lambda v: isinstance(v, str) and SERIES_KEY.fullmatch(v) is not None, "a series key")
@@ -264,7 +268,7 @@ _FINDINGS = _list_of(lambda: {"code": _expect(lambda v: v in FINDING_CODES, "a f
 
 
 def _dicom_checks() -> dict[str, Check]:
-    return {"path": _STRING, "md5": _MD5_DIGEST, "size": _COUNT, "series": _SERIES_KEY,
+    return {"path": _STRING, "md5": _MD5_DIGEST, "size": _COUNT, "offset": _BLOCK_OFFSET, "series": _SERIES_KEY,
             "kind": _expect(lambda v: v in KINDS, f"one of {', '.join(KINDS)}"),
             "frames": _POSITIVE, "InstanceNumber": _TAG_VALUE, **_tag_checks()}
 
@@ -303,7 +307,8 @@ def read_dicom_records(visit: Visit) -> list[DicomRecord]:
         if problem:
             raise malformed(path, f"entry {number}: {problem}")
         seen.add(value["path"])
-        records.append(DicomRecord(value["path"], value["md5"], value["size"], value["series"], value["kind"],
+        records.append(DicomRecord(value["path"], value["md5"], value["size"], value["offset"], value["series"],
+                                   value["kind"],
                                    value["frames"], value["InstanceNumber"],
                                    {tag: value[tag] for tag in EXPORTED_TAGS}))
     return records

@@ -242,6 +242,7 @@ class TarEntry:
     size: int
     mtime: int
     is_dir: bool
+    offset: int  # where the content starts, in bytes from the start of the TAR
 
 
 class MemberContent:
@@ -353,7 +354,7 @@ def _entries(source: _Source, name: str) -> Iterator[TarEntry]:
             raise _invalid(name, f"mtime {mtime} at byte {at} is after 2242")
         extended = {}
         start = source.size
-        yield TarEntry(path, size, mtime, typeflag == b"5")
+        yield TarEntry(path, size, mtime, typeflag == b"5", start)
         rest = size + -size % BLOCK - (source.size - start)
         if source.skip(rest) < rest:
             raise _corrupted(name, f"truncated at byte {source.size}, in member {path!r}")

@@ -204,6 +204,21 @@ def _log_key(branch_path: str) -> str:
     return name[:len(name) - len(suffix)]
 
 
+def _differing_lines(found: bytes | None, expected: bytes) -> tuple[str, str]:
+    """How a git-annex branch file differs, for a message: the lines each
+    side has that the other lacks (all of them if only their order
+    differs), each side's at most 200 characters."""
+    ours = expected.decode("utf-8", "replace").splitlines()
+    if found is None:
+        return "missing", repr("\n".join(ours)[:200])
+    theirs = found.decode("utf-8", "replace").splitlines()
+    extra, lacking = [line for line in theirs if line not in ours], [line for line in ours if line not in theirs]
+    if not extra and not lacking:
+        extra, lacking = theirs, ours
+    shown, given = (repr("\n".join(lines)[:200]) if lines else "no other line" for lines in (extra, lacking))
+    return shown, given
+
+
 def deposit_problems(visit: Visit, store_url: str) -> Iterator[str]:
     """Everything in the deposit that differs from what the metadata JSON,
     the archive and ``store_url`` give: each annexed file's path and key,
@@ -246,8 +261,8 @@ def deposit_problems(visit: Visit, store_url: str) -> Iterator[str]:
         if found != content:
             about = ", ".join(paths_of_key.get(_log_key(path), [path]))
             what = next((kind for suffix, kind in _LOG_KINDS.items() if path.endswith(suffix)), "record")
-            shown = "missing" if found is None else repr(found.decode("utf-8", "replace").strip()[:200])
+            shown, given = _differing_lines(found, content)
             yield (f"{about}: {what} in the dataset deposit is {shown}, but the metadata and "
-                   f"store URL give {content.decode('utf-8', 'replace').strip()[:200]!r}")
+                   f"store URL give {given}")
     for path in deposit.annex:
         yield f"git-annex branch file {path} in the dataset deposit {name} is not from the metadata"

@@ -1,0 +1,134 @@
+"""A store served over HTTP on 127.0.0.1 for tests and the benchmark, as a
+web server serves it: single byte ranges (``Range: bytes=a-b``, 206 with
+``Content-Range``; Python's ``http.server`` ignores Range), optional basic
+authentication (realm "icf"), and counts of the requests and body bytes
+sent per file, so a test can tell what a client downloaded.
+
+Two misbehaviours, switched on and off while it runs (attributes of
+:class:`Served`), for the client's checks: ``ignore_range`` answers every
+GET with 200 and the whole file, ``corrupt_ranges`` flips a byte in every
+ranged answer (whole files stay intact).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import threading
+from collections import Counter
+from contextlib import contextmanager
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+CHUNK = 1 << 16
+
+
+class Served:
+    """What the server did, per path relative to the served directory, and
+    how it misbehaves."""
+
+    def __init__(self) -> None:
+        self.ignore_range = False
+        self.corrupt_ranges = False
+        self.lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        self.bytes: Counter[str] = Counter()
+        self.ranged: Counter[str] = Counter()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.bytes.clear()
+            self.ranged.clear()
+
+
+class RangeHandler(SimpleHTTPRequestHandler):
+    served: Served
+    credentials: tuple[str, str] | None = None
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _authorized(self) -> bool:
+        if self.credentials is None:
+            return True
+        expected = "Basic " + base64.b64encode(":".join(self.credentials).encode()).decode()
+        if self.headers.get("Authorization") == expected:
+            return True
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="icf"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return False
+
+    def do_HEAD(self) -> None:
+        if self._authorized():
+            super().do_HEAD()
+
+    def do_GET(self) -> None:
+        if not self._authorized():
+            return
+        path = self.translate_path(self.path)
+        if not os.path.isfile(path):
+            super().do_GET()  # directories, 404s: as http.server does
+            return
+        name = os.path.relpath(path, self.directory)
+        size = os.path.getsize(path)
+        first, last = 0, size - 1
+        wanted = None if self.served.ignore_range else re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        with open(path, "rb") as file:
+            if wanted:
+                first = int(wanted[1])
+                last = min(int(wanted[2]) if wanted[2] else size - 1, size - 1)
+                if first > last:
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{size}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(last - first + 1))
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+            with self.served.lock:
+                self.served.requests[name] += 1
+                self.served.ranged[name] += bool(wanted)
+            file.seek(first)
+            left = last - first + 1
+            try:
+                while left > 0:
+                    data = file.read(min(CHUNK, left))
+                    if not data:
+                        break
+                    if wanted and self.served.corrupt_ranges:
+                        data = bytes([data[0] ^ 0xFF]) + data[1:]
+                    self.wfile.write(data)
+                    left -= len(data)
+                    with self.served.lock:
+                        self.served.bytes[name] += len(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client had what it wanted
+
+
+@contextmanager
+def range_server(directory: Path, credentials: tuple[str, str] | None = None) -> Iterator[tuple[str, Served]]:
+    """Serve ``directory`` on 127.0.0.1 while the block runs: yields its
+    base URL and the :class:`Served` counts."""
+    served = Served()
+    handler = type("Handler", (RangeHandler,), {"served": served, "credentials": credentials})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(directory)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", served
+    finally:
+        server.shutdown()
+        server.server_close()
