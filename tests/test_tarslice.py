@@ -33,7 +33,7 @@ from test_dataset import (
 )
 
 from icf.store import Visit
-from icf.tarslice import Span, _Content, _take
+from icf.tarslice import FileSpans, Span, _Content, _take
 
 WHEELHOUSE = Path(sys.executable).parent.parent / "wheelhouse"
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -89,6 +89,18 @@ def test_content_checks_size_and_md5():
         wrong.check("here")
     with pytest.raises(Exception, match="its locator says 401 bytes"):
         _Content(key, Span("t", 0, 401), io.BytesIO(), lambda n: None)
+
+
+def test_file_spans_read_and_presence(tmp_path):
+    tar = tmp_path / "a b%.tar"
+    tar.write_bytes(bytes(range(256)) * 8)
+    url = "file://" + str(tar).replace(" ", "%20").replace("%.", "%25.")
+    out = io.BytesIO()
+    span = Span("t", 512, 100)
+    FileSpans.read(url, _Content("SHA256E-s100--x", span, out, lambda n: None))
+    assert out.getvalue() == tar.read_bytes()[512:612]
+    assert FileSpans.holds(url, Span("t", 1024, 1024)) and not FileSpans.holds(url, Span("t", 1024, 1025))
+    assert not FileSpans.holds(url + "x", span)
 
 
 def test_whole_file_answer_is_read_only_up_to_the_span():
@@ -160,6 +172,32 @@ def test_ranged_get_over_http_fetches_only_the_members(http_deposit, tmp_path):
     run(["git", "annex", "fsck", "-q"], cwd=ds, env=env)
     # the locators carry the offsets of the DICOM list
     assert sorted(locators(visit)) == sorted(Span(tar_key(visit), r["offset"], r["size"]).locator for r in records)
+
+
+@pytest.mark.slow
+def test_presence_is_asked_of_the_server(http_deposit, tmp_path):
+    """``checkpresentkey`` (what ``git annex drop`` relies on) asks the
+    server for the member's last byte: present while the TAR is there, not
+    present without it, unknown when the server cannot be asked."""
+    visit, url, served, _ = http_deposit
+    env = researcher_env(tmp_path / "home", Path(sys.executable).parent, url.rsplit("/", 1)[0])
+    ds = clone_visit(visit, url, tmp_path / "clone", env)
+    key = run(["git", "annex", "lookupkey", dicom_records(visit)[0]["path"]], cwd=ds, env=env).stdout.strip()
+
+    def present() -> int:
+        return run(["git", "annex", "checkpresentkey", key, "tarslice"], cwd=ds, env=env, check=False).returncode
+
+    served.reset()
+    assert present() == 0
+    assert served.ranged[f"store/{visit.tarball.relative_to(visit.store)}"] == 1
+    moved = visit.tarball.with_name("elsewhere.tar")
+    visit.tarball.rename(moved)
+    try:
+        assert present() == 1
+    finally:
+        moved.rename(visit.tarball)
+    env["DATALAD_CREDENTIAL_ICF_SECRET"] = "wrong"
+    assert present() not in (0, 1)
 
 
 @pytest.mark.slow

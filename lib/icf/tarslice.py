@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any, BinaryIO, Callable, NamedTuple
+from typing import Any, BinaryIO, Callable, Iterator, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from annexremote import Master, RemoteError, SpecialRemote
@@ -114,23 +114,39 @@ class _Content:
                               "(another TAR at this URL?)")
 
 
-def read_file_span(url: str, content: _Content) -> None:
-    """The span from a ``file://`` URL's file."""
-    path = unquote(urlsplit(url).path)
-    try:
-        with open(path, "rb") as tar:
-            tar.seek(content.span.offset)
-            left = content.span.size
-            while left and (data := tar.read(min(CHUNK, left))):
-                content.write(data)
-                left -= len(data)
-    except OSError as exc:
-        raise RemoteError(f"{path}: {exc.strerror or exc}") from None
+class FileSpans:
+    """Spans of TARs at ``file://`` URLs: a seek and a read."""
+
+    @staticmethod
+    def read(url: str, content: _Content) -> None:
+        path = unquote(urlsplit(url).path)
+        try:
+            with open(path, "rb") as tar:
+                tar.seek(content.span.offset)
+                left = content.span.size
+                while left and (data := tar.read(min(CHUNK, left))):
+                    content.write(data)
+                    left -= len(data)
+        except OSError as exc:
+            raise RemoteError(f"{path}: {exc.strerror or exc}") from None
+
+    @staticmethod
+    def holds(url: str, span: Span) -> bool:
+        """Whether the file is there and long enough to hold ``span``."""
+        path = unquote(urlsplit(url).path)
+        try:
+            with open(path, "rb") as tar:
+                return tar.seek(0, 2) >= span.offset + span.size
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise RemoteError(f"{path}: {exc.strerror or exc}") from None
 
 
 class HttpSpans:
-    """Ranged GETs over one HTTP session (connections kept alive between
-    the keys of a ``datalad get``), authenticated as uncurl would be."""
+    """Spans of TARs at ``http(s)://`` URLs: ranged GETs over one session
+    (connections kept alive between the keys of a ``datalad get``),
+    authenticated as uncurl would be."""
 
     def __init__(self) -> None:
         import requests  # with datalad-next: only for HTTP, not at every start
@@ -141,26 +157,42 @@ class HttpSpans:
         self.session.auth = self.auth = DataladAuth(cfg)
         self.errors = (requests.RequestException,)
 
+    def _get(self, url: str, first: int, last: int) -> Any:
+        """The response to ``GET url`` for bytes ``first``-``last`` (to be
+        used as a context manager): 206 for exactly those bytes, or 200 for
+        the whole file (Range ignored); RemoteError for anything else but 404."""
+        headers = {"Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}
+        response = self.session.get(url, headers=headers, stream=True, timeout=TIMEOUT)
+        served = response.headers.get("Content-Range", "")
+        if response.status_code == 206 and not re.fullmatch(rf"bytes {first}-{last}/([0-9]+|\*)", served):
+            response.close()
+            raise RemoteError(f"{url}: asked for bytes {first}-{last}, answered with {served or 'no Content-Range'}")
+        if response.status_code not in (200, 206, 404):
+            response.close()
+            raise RemoteError(f"{url}: HTTP {response.status_code} {response.reason}")
+        return response
+
     def read(self, url: str, content: _Content) -> None:
         span = content.span
-        last = span.offset + span.size - 1
-        headers = {"Range": f"bytes={span.offset}-{last}", "Accept-Encoding": "identity"}
         try:
-            with self.session.get(url, headers=headers, stream=True, timeout=TIMEOUT) as response:
-                if response.status_code == 206:
-                    served = response.headers.get("Content-Range", "")
-                    if not re.fullmatch(rf"bytes {span.offset}-{last}/([0-9]+|\*)", served):
-                        raise RemoteError(f"{url}: asked for bytes {span.offset}-{last}, "
-                                          f"answered with {served or 'no Content-Range'}")
-                    skip = 0
-                elif response.status_code == 200:  # Range ignored: the whole TAR follows
-                    skip = span.offset
-                else:
-                    raise RemoteError(f"{url}: HTTP {response.status_code} {response.reason}")
+            with self._get(url, span.offset, span.offset + span.size - 1) as response:
+                if response.status_code == 404:
+                    raise RemoteError(f"{url}: HTTP 404 {response.reason}")
+                skip = span.offset if response.status_code == 200 else 0  # 200: the whole TAR follows
                 _take(response.raw, skip, span.size, content)
         except self.errors as exc:
             raise RemoteError(f"{url}: {exc}") from None
         self.auth.save_entered_credential(context=f"download from {url}")
+
+    def holds(self, url: str, span: Span) -> bool:
+        """Whether the server has the span's last byte (a one-byte ranged GET)."""
+        end = span.offset + span.size
+        try:
+            with self._get(url, end - 1, end - 1) as response:
+                return response.status_code == 206 or (
+                    response.status_code == 200 and int(response.headers.get("Content-Length", -1)) >= end)
+        except self.errors as exc:
+            raise RemoteError(f"{url}: {exc}") from None
 
 
 def _take(stream: Any, skip: int, size: int, content: _Content) -> None:
@@ -183,13 +215,26 @@ class TarSliceRemote(SpecialRemote):
         super().__init__(annex)
         self._http: HttpSpans | None = None
 
-    def _reader(self, scheme: str) -> Callable[[str, _Content], None]:
-        """How to read a span from a URL of ``scheme`` (one of :data:`SCHEMES`)."""
+    def _sources(self, key: str) -> Iterator[tuple[Span, str, FileSpans | HttpSpans]]:
+        """(span, TAR URL, how to reach it) for each locator of ``key`` and
+        each file or http(s) URL of its TAR; RemoteError if there is none."""
+        found = False
+        for locator in self.annex.geturls(key, PREFIX):
+            span = Span.parse(locator)
+            for url in self.annex.geturls(span.tar_key, ""):
+                scheme = urlsplit(url).scheme
+                if scheme in SCHEMES:
+                    found = True
+                    yield span, url, self._source(scheme)
+        if not found:
+            raise RemoteError(f"{key}: no {NAME} locator with a file or http(s) URL of its TAR")
+
+    def _source(self, scheme: str) -> FileSpans | HttpSpans:
         if scheme == "file":
-            return read_file_span
+            return FileSpans()
         if self._http is None:
             self._http = HttpSpans()
-        return self._http.read
+        return self._http
 
     def initremote(self) -> None:
         pass
@@ -208,28 +253,32 @@ class TarSliceRemote(SpecialRemote):
 
     def transfer_retrieve(self, key: str, filename: str) -> None:
         failures = []
-        for locator in self.annex.geturls(key, PREFIX):
-            span = Span.parse(locator)
-            urls = [url for url in self.annex.geturls(span.tar_key, "")
-                    if urlsplit(url).scheme in SCHEMES]
-            if not urls:
-                failures.append(f"no file or http(s) URL for the TAR {span.tar_key}")
-            for url in urls:
-                try:
-                    reader = self._reader(urlsplit(url).scheme)
-                    with open(filename, "wb") as out:
-                        content = _Content(key, span, out, self.annex.progress)
-                        reader(url, content)
-                    content.check(url)
-                    return
-                except RemoteError as exc:
-                    failures.append(str(exc))
-        raise RemoteError("; ".join(failures) or f"no {NAME} locator for {key}")
+        for span, url, source in self._sources(key):
+            try:
+                with open(filename, "wb") as out:
+                    content = _Content(key, span, out, self.annex.progress)
+                    source.read(url, content)
+                content.check(url)
+                return
+            except RemoteError as exc:
+                failures.append(str(exc))
+        raise RemoteError("; ".join(failures))
 
     def checkpresent(self, key: str) -> bool:
-        """Whether the key has a locator: the TAR's own key is what says
-        whether its bytes can be had (``git annex whereis`` of the TAR)."""
-        return any(_LOCATOR.fullmatch(url) for url in self.annex.geturls(key, PREFIX))
+        """Whether a TAR the key's locators name is there, long enough to
+        hold the span (``git annex drop`` asks before it drops a clone's
+        copy); RemoteError (unknown) if no URL answered. Its bytes are not
+        read: that is ``git annex fsck --from tarslice``."""
+        failures = []
+        for span, url, source in self._sources(key):
+            try:
+                if source.holds(url, span):
+                    return True
+            except RemoteError as exc:
+                failures.append(str(exc))
+        if failures:
+            raise RemoteError("; ".join(failures))
+        return False
 
     def transfer_store(self, key: str, filename: str) -> None:
         raise RemoteError(f"{NAME} is read-only: it gets bytes from TARs in the store")
