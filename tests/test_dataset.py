@@ -99,6 +99,20 @@ def deposited(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_deposits_without_a_writable_home(tmp_path):
+    """As a cluster job may run it: HOME a directory it cannot write (found
+    by ``make test-container``: DataLad made ~/.cache/datalad/sockets)."""
+    visit = visit_store(tmp_path / "store")
+    home = tmp_path / "home"
+    home.mkdir(mode=0o555)
+    result = run_tool("deposit_visit_dataset", "-q", "-o", visit.store, "--id", visit.study, visit.visit,
+                      env=clean_env(home), unprivileged=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert list(home.iterdir()) == []
+    assert visit.deposit_refs.is_file()
+
+
+@pytest.mark.slow
 def test_leaves_exactly_the_two_files_and_touches_no_config(deposited):
     visit, home = deposited
     assert study_listing(visit) == sorted([

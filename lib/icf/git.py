@@ -96,6 +96,9 @@ class Builder:
             GIT_AUTHOR_NAME=name, GIT_AUTHOR_EMAIL=email, GIT_AUTHOR_DATE=date,
             GIT_COMMITTER_NAME=name, GIT_COMMITTER_EMAIL=email, GIT_COMMITTER_DATE=date,
             GIT_ANNEX_VECTOR_CLOCK=str(timestamp),
+            # DataLad (in the datalad-annex push helper) makes its SSH socket
+            # directory under ~/.cache; a cluster job may have no writable HOME
+            DATALAD_LOCATIONS_SOCKETS=str(workdir / "datalad-sockets"),
         )
 
     def git(self, *args: str, input: bytes | None = None) -> bytes:
