@@ -5,9 +5,14 @@
 #   make help                                 all targets
 #
 # For development (on this checkout; none of them needs STUDY):
-#   make test         ruff, mypy, then the whole test suite (what CI runs)
+#   make test         ruff, mypy, then the whole test suite (CI runs it, then the two below)
 #   make test-fast    the test suite without the tests marked slow (about a minute)
 #   make lint         ruff and mypy only (their settings: pyproject.toml)
+#   make test-container  build the image from singularity/icf.def as apptainer does (debootstrap,
+#                     cached in /var/cache/icf-utils) and run two visits through it, checked
+#                     against a host run (needs root; CI runs it after make test)
+#   make test-hpc     a one-node SLURM started here runs singularity/slurm-visit-array.sh through
+#                     that image (needs root; installs slurm-wlm and munge if missing)
 #
 # Variables (set on the command line, e.g. make STORE=/data/store ...):
 #   STORE      root directory of the store            (default: the current directory)
@@ -133,7 +138,7 @@ override ICF_INPUT := $(call literal,INPUT,)
 override ICF_STORE_URL := $(call literal,STORE_URL,)
 export ICF_STORE ICF_STUDY ICF_INPUT ICF_STORE_URL
 
-OTHER_GOALS := help demo test test-fast lint bench docs venv screenshots
+OTHER_GOALS := help demo test test-fast lint bench docs venv screenshots test-container test-hpc
 ifneq ($(filter-out $(OTHER_GOALS),$(or $(MAKECMDGOALS),help)),)
   # a store target (or a file): check every value before any recipe runs
   ifeq ($(ICF_STORE),)
@@ -206,7 +211,8 @@ STORE_URL_OPTION = $${ICF_STORE_URL:+--store-url="$$ICF_STORE_URL"}
 
 .DELETE_ON_ERROR:
 .SUFFIXES:
-.PHONY: help archive metadata dataset catalog verify report demo test test-fast lint bench docs venv screenshots
+.PHONY: help archive metadata dataset catalog verify report demo test test-fast lint bench docs venv screenshots \
+  test-container test-hpc
 
 # Every store file, whichever way it is asked for: never deleted by make
 # (.DELETE_ON_ERROR and interrupts spare precious files; GNU make 4.3 matches
@@ -240,6 +246,12 @@ report: | $(VENV_READY_FILE)
 ##   test       ruff, mypy, then the whole test suite (pytest); fails if any of them fails
 ##   test-fast  the test suite without the tests marked slow (pytest -m 'not slow'), about a minute
 ##   lint       ruff (lib, bin, tests, docs) and mypy (lib, bin); settings in pyproject.toml
+##   test-container
+##              build the container image from singularity/icf.def as apptainer does (debootstrap;
+##              cached in /var/cache/icf-utils, or ICF_CONTAINER_CACHE) and run two visits through it
+##              as a cluster user would; they must match a run on the host (needs root)
+##   test-hpc   start a one-node SLURM here (slurm-wlm, munge; installed if missing) and run the
+##              array job of singularity/slurm-visit-array.sh through that image (needs root)
 ##   bench      speed figures of every step on a replicated 5,460-file visit, with baselines
 ##   docs       the documentation (Sphinx, warnings as errors) in docs/_build/html (or DOCS_OUT)
 ##   screenshots
@@ -313,6 +325,14 @@ test-fast: | $(VENV_READY_FILE)
 
 lint: | $(VENV_READY_FILE)
 	$(CHECKS) $(LINT_CHECKS); checked
+
+# the container and SLURM tests (tests/container/): the host run they compare
+# with uses this checkout's venv; root is needed, else they say SKIPPED
+test-container: | $(VENV_READY_FILE)
+	cd "$$ICF_HOME" && tests/container/test-container.sh
+
+test-hpc: | $(VENV_READY_FILE)
+	cd "$$ICF_HOME" && tests/container/test-hpc.sh
 
 bench: | $(VENV_READY_FILE)
 	$(SET_PATH) cd "$$ICF_HOME" && "$$ICF_PYTHON" tests/bench.py

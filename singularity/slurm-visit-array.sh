@@ -15,8 +15,9 @@
 # Each task runs `make ... catalog` for its visit in the container: all steps
 # still due (archive, metadata, dataset deposit, catalog). Tasks of the same
 # study update one catalog; the tools serialise that with an flock on
-# <store>/<study>/.catalog.lock, so any number of tasks may run at once (on
-# a network file system, flock must work across nodes: NFSv4 and Lustre
+# <store>/<study>/.catalog.lock, and tasks of the same visit take turns on
+# <store>/<study>/.<visit>.task.lock, so any number of tasks may run at once
+# (on a network file system, flock must work across nodes: NFSv4 and Lustre
 # mounted with -o flock do; check yours).
 #
 # Settings (environment variables; sbatch passes the submitting shell's on):
@@ -26,9 +27,11 @@
 #                    (default: the tools' file:// URL of the store)
 #   ICF_TARGET       make target                     (default: catalog)
 #   ICF_SINGULARITY  the container runtime command   (default: singularity;
-#                    apptainer works the same)
-# The store and the visit's input directory are bound into the container at
-# their own paths; nothing else from the host is needed. Make's output goes
+#                    apptainer works the same; make test-hpc uses
+#                    tests/container/icf-run, which runs an image directory)
+# The store (read-write) and the visit's input directory (read-only) are
+# bound into the container at their own paths; nothing else from the host
+# is needed. Make's output goes
 # to the job's log; a failed visit fails its task only.
 #
 #SBATCH --job-name=icf-visit
@@ -78,6 +81,11 @@ echo "task $task: study $study visit $visit from $input into $store (make $targe
 # reads it literally ($(value VAR)) and passes it to the tools through the
 # environment, so a name such as `Study $(x) 2024` stays text. It refuses a
 # STORE that make cannot have in a file name, naming the character.
-exec "$runtime" run --bind "$store:$store,$input:$input" "$image" make \
+# Tasks of the same visit (a visit listed twice, a rerun submitted while the
+# first still runs) take turns on <store>/<study>/.<visit>.task.lock (an
+# flock, held by this task's process until it ends): the later one then
+# finds every step up to date and completes without redoing anything.
+mkdir -p -- "$store/$study" || fail "cannot make the study directory $store/$study"
+exec flock -- "$store/$study/.$visit.task.lock" "$runtime" run --bind "$store:$store,$input:$input:ro" "$image" make \
   "STORE=$store" "STUDY=$study" "VISIT=$visit" "INPUT=$input" \
   ${ICF_STORE_URL:+"STORE_URL=$ICF_STORE_URL"} "$target"

@@ -1,13 +1,18 @@
-"""Issue 6, requirements 3 and 4: the container recipe, the icf-utils
-dispatcher (its runscript) and the SLURM array job script.
+"""Issue 6, requirements 3 and 4, and issue 13: the container recipe, the
+icf-utils dispatcher (its runscript) and the SLURM array job script.
 
-No Singularity runtime exists on our machines: the recipe is checked by
-parsing it (spython), the dispatcher and the Makefile run for real, in a
-checkout and in a copy laid out as in the image, and the SLURM script runs
-with a mock ``singularity`` that runs the dispatcher on the host."""
+No Apptainer exists on our machines: ``make test-container`` builds the
+image from the recipe as Apptainer does (``tests/container/build.py``) and
+runs it, and ``make test-hpc`` runs the SLURM script on a real single-node
+SLURM (both need root). Here, quickly: the recipe as that builder's parser
+(``tests/container/deffile.py``) reads it, the parser itself, the runtime's
+refusals, the dispatcher and the Makefile for real, in a checkout and in a
+copy laid out as in the image, and the SLURM script with a mock
+``singularity`` that runs the dispatcher on the host."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -15,15 +20,17 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from conftest import REPO, SAMPLE_VISIT
-from spython.main.parse.parsers import SingularityParser
 
 RECIPE = REPO / "singularity" / "icf.def"
 SLURM_SCRIPT = REPO / "singularity" / "slurm-visit-array.sh"
 DISPATCHER = REPO / "bin" / "icf-utils"
+CONTAINER_TOOLS = REPO / "tests" / "container"
 IMAGE_REPO = "/opt/icf-utils"
+IMAGE_VENV = "/opt/venv"
 # what the image holds of the repo, as the recipe's %files should copy it
 IMAGE_FILES = {"bin": f"{IMAGE_REPO}/bin", "lib": f"{IMAGE_REPO}/lib",
                "Makefile": f"{IMAGE_REPO}/Makefile",
@@ -36,57 +43,150 @@ def run(*args, cwd=None, env=None, timeout: float = 120) -> subprocess.Completed
                           env=dict(os.environ, **(env or {})), timeout=timeout)
 
 
-# --- the recipe ------------------------------------------------------------
+def load_module(name: str) -> ModuleType:
+    """A module of tests/container by its path (it is no package)."""
+    spec = importlib.util.spec_from_file_location(f"container_{name}", CONTAINER_TOOLS / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+deffile = load_module("deffile")
+
+
+# --- the recipe, as the image builder reads it ----------------------------------------
 
 @pytest.fixture(scope="module")
 def recipe():
-    """The recipe as spython reads it (it raises on a non-docker bootstrap)."""
-    return SingularityParser(str(RECIPE)).recipe["spython-base"]
+    """The recipe with its default build arguments, as ``build.py`` parses it."""
+    return deffile.load(RECIPE)
 
 
-def post_lines(recipe) -> list[str]:
-    """%post's lines: spython appends %test to them as `echo ... >> /tests.sh`."""
-    return [line for line in recipe.install
-            if not line.endswith(">> /tests.sh") and line != "chmod u+x /tests.sh"]
+def commands(section) -> list[list[str]]:
+    """A shell section's commands, one word list per line."""
+    return [shlex.split(line) for line in section.lines()]
 
 
-def test_recipe_starts_from_python_311_on_debian(recipe):
-    assert RECIPE.read_text().splitlines()[0] == "Bootstrap: docker"
-    assert recipe.fromHeader == "python:3.11-slim-bookworm"
+def test_recipe_bootstraps_debian_bookworm(recipe):
+    assert RECIPE.read_text().splitlines()[0] == "Bootstrap: debootstrap"
+    assert recipe.header == {"bootstrap": "debootstrap", "osversion": "bookworm",
+                             "mirrorurl": "http://deb.debian.org/debian",
+                             "include": "git make python3 python3-venv"}
+    assert recipe.arguments == {"mirror": "http://deb.debian.org/debian"}
+    assert set(recipe.sections) == {"arguments", "help", "labels", "post", "environment", "runscript", "test"}
+
+
+def test_recipe_mirror_is_a_build_argument_with_a_documented_default(recipe):
+    assert "MirrorURL: {{ mirror }}" in RECIPE.read_text()
+    mirror = "http://mirror.example.org/debian"
+    other = deffile.load(RECIPE, {"mirror": mirror})
+    assert other.header["mirrorurl"] == mirror and other.arguments == {"mirror": mirror}
+    assert f"MirrorURL: {mirror}" in other.text  # what the image records as its definition
+    help_text = recipe.section("help").body
+    assert "http://deb.debian.org/debian" in help_text and "--build-arg mirror=URL" in help_text
+    with pytest.raises(deffile.DefinitionError, match="not used"):
+        deffile.load(RECIPE, {"mirrors": mirror})
 
 
 def test_recipe_copies_the_repo_from_its_root(recipe):
-    files = dict(line.split() for line in recipe.files)
-    assert files == IMAGE_FILES
+    assert dict(recipe.files) == IMAGE_FILES
     # sources are relative to where `apptainer build` runs: the repo's root
-    assert all((REPO / source).exists() for source in files)
+    assert all((REPO / source).exists() for source, _ in recipe.files)
 
 
 def test_recipe_installs_exactly_the_pinned_requirements(recipe):
-    commands = [shlex.split(line) for line in post_lines(recipe)]
-    pip = [words for words in commands if "pip" in words[:3]]
-    assert len(pip) == 1, pip
-    words = pip[0]
-    assert words[:2] == ["pip", "install"]
+    post = commands(recipe.section("post"))
+    pip = [words for words in post if any(word.endswith("/pip") for word in words[:1])]
+    installs = [words for words in pip if words[1:2] == ["install"]]
+    assert len(installs) == 1, pip
+    words = installs[0]
+    assert words[0] == f"{IMAGE_VENV}/bin/pip"
     assert words[words.index("-r") + 1] == IMAGE_FILES["requirements.txt"]
     # nothing but options and the one requirements file: no unpinned extras
     assert [w for w in words[2:] if not w.startswith("-")] == [IMAGE_FILES["requirements.txt"]]
-    apt = [words for words in commands if words[:2] == ["apt-get", "install"]]
-    assert len(apt) == 1 and sorted(w for w in apt[0][2:] if not w.startswith("-")) == ["git", "make"]
+    assert ["python3", "-m", "venv", IMAGE_VENV] in post
+    # Debian gives git, make and python3 (debootstrap's Include), nothing from apt in %post
+    assert not [words for words in post if words[:1] == ["apt-get"] and "install" in words]
     # git-annex comes from the pinned file, not from Debian
     assert any(line.startswith("git-annex==")
                for line in (REPO / "requirements.txt").read_text().splitlines())
+    # no dev requirements, and no venv where icf-utils and make would take it for a checkout's
+    assert not [words for words in post if any("requirements-dev" in word for word in words)]
+    assert not [source for source, _ in recipe.files if "requirements-dev" in source]
+    assert not [words for words in post if any(word.startswith(f"{IMAGE_REPO}/.venv") for word in words)]
 
 
 def test_recipe_runscript_dispatches_icf_utils(recipe):
-    assert recipe.cmd == f'exec {IMAGE_FILES["bin"]}/icf-utils "$@"'
-    assert f'PATH="{IMAGE_FILES["bin"]}:$PATH"' in recipe.environ
-    assert recipe.test is not None
-    assert any("icf-utils make help" in line for line in recipe.install)
-    assert any(label.startswith("org.opencontainers.image.title ") for label in recipe.labels)
-    help_text = "\n".join(recipe.comments)  # spython keeps %help as comments
+    assert recipe.section("runscript").lines() == [f'exec {IMAGE_FILES["bin"]}/icf-utils "$@"']
+    environment = recipe.section("environment").lines()
+    assert f'export PATH="{IMAGE_FILES["bin"]}:{IMAGE_VENV}/bin:$PATH"' in environment
+    assert "export LC_ALL=C.UTF-8" in environment
+    assert "icf-utils make help" in recipe.section("test").lines()
+    assert "org.opencontainers.image.title" in recipe.labels
+    help_text = recipe.section("help").body
     assert "apptainer build icf.sif singularity/icf.def" in help_text
     assert "--bind" in help_text
+
+
+# --- the parser -----------------------------------------------------------------------
+
+def test_parser_follows_apptainer():
+    text = """Bootstrap: debootstrap  # a comment
+OSVersion: {{ release }}
+MirrorURL: http://example.org/debian
+
+%arguments
+    release=bookworm
+%files
+    a /opt/a
+    b
+%post
+    echo {{ release }}
+    # echo {{ undefined }}, on a comment line: left alone
+%post
+    echo again
+%labels
+    key some value
+"""
+    definition = deffile.parse(text)
+    assert definition.header["bootstrap"] == "debootstrap"
+    assert definition.header["osversion"] == "bookworm"
+    assert definition.files == [("a", "/opt/a"), ("b", "b")]
+    assert definition.section("post").lines() == ["echo bookworm", "echo again"]
+    assert definition.labels == {"key": "some value"}
+    assert deffile.parse(text, {"release": "trixie"}).header["osversion"] == "trixie"
+    for bad, message in ((text.replace("release=bookworm", ""), "has no value"),
+                         (text + "%appinstall x\n", "SCIF"),
+                         (text.replace("%files", "%files from stage1"), "another stage"),
+                         (text.replace("    b\n", '    "b c" /d\n'), "quoted"),
+                         (text + "Bootstrap: docker\n", "multi-stage"),
+                         ("From: x\n%post\n", "Bootstrap"),
+                         (text.replace("MirrorURL", "Mirror"), "unknown header")):
+        with pytest.raises(deffile.DefinitionError, match=message):
+            deffile.parse(bad)
+
+
+def test_parser_sees_a_section_where_apptainer_does():
+    """A line of %help whose first word starts with '%' opens a section for
+    Apptainer too: the parser refuses it rather than cutting %help short."""
+    with pytest.raises(deffile.DefinitionError, match="not a section"):
+        deffile.parse("Bootstrap: debootstrap\n%help\n    The sources in\n    %here are relative\n")
+
+
+def test_runtime_refuses_bad_command_lines(tmp_path):
+    runner = CONTAINER_TOOLS / "icf-run"
+    assert os.access(runner, os.X_OK)
+    for args, message in ((["frobnicate", tmp_path], "unknown command 'frobnicate'"),
+                          (["run", "--bind", f"{tmp_path / 'missing'}:/x", tmp_path], "bind source does not exist"),
+                          (["run", "--bind", f"{tmp_path}:relative", tmp_path], "absolute path"),
+                          (["run", "--bind", f"{tmp_path}:/x:rx", tmp_path], "bad bind option"),
+                          (["run", tmp_path, "make"], "not an image directory"),
+                          (["exec", "--frob", tmp_path], "unknown option")):
+        result = run(sys.executable, runner, *args)
+        assert result.returncode == 255, (args, result)
+        assert result.stderr.startswith("icf-run: ") and message in result.stderr, (args, result.stderr)
 
 
 # --- the dispatcher, in this checkout -----------------------------------------
@@ -216,16 +316,19 @@ def test_dispatcher_execs_in_place_and_passes_arguments(image_copy):
 # --- the SLURM array job script -----------------------------------------------
 
 SINGULARITY_MOCK = """#!/bin/bash
-# MOCK of `singularity run --bind SPEC IMAGE ARGS...`: no Singularity runtime
-# exists on our machines. It records its arguments, checks that every bind
-# is an existing host path mounted at the same path, and runs what the
-# image's runscript runs (bin/icf-utils ARGS) on the host.
+# MOCK of `singularity run --bind SPEC IMAGE ARGS...` (make test-hpc runs
+# the script with a real runtime on a real SLURM). It records its arguments,
+# checks that every bind is an existing host path mounted at the same path
+# (SRC:SRC or SRC:SRC:ro), and runs what the image's runscript runs
+# (bin/icf-utils ARGS) on the host.
 set -eu
 printf '%s\\n' "$@" > "$MOCK_LOG.$SLURM_ARRAY_TASK_ID"
 [ "$1" = run ] && [ "$2" = --bind ] || { echo "mock: unexpected $*" >&2; exit 97; }
 IFS=, read -ra binds <<<"$3"
 for bind in "${binds[@]}"; do
-  [ -d "${bind%%:*}" ] && [ "${bind%%:*}" = "${bind#*:}" ] || { echo "mock: bad bind $bind" >&2; exit 98; }
+  IFS=: read -r source destination options <<<"$bind"
+  [ -d "$source" ] && [ "$source" = "$destination" ] && case $options in '' | ro) ;; *) false ;; esac ||
+    { echo "mock: bad bind $bind" >&2; exit 98; }
 done
 shift 4
 exec @PYTHON@ @DISPATCHER@ "$@"
@@ -285,7 +388,7 @@ def test_slurm_array_runs_one_visit_per_task(slurm_env, tmp_path):
         listed |= {sub["dataset_path"] for sub in json.loads(record.read_text()).get("subdatasets", [])}
     assert listed >= {"v1", "v2"}, listed
     argv = (tmp_path / "argv.2").read_text().splitlines()
-    assert argv == ["run", "--bind", f"{store}:{store},{SAMPLE_VISIT}:{SAMPLE_VISIT}",
+    assert argv == ["run", "--bind", f"{store}:{store},{SAMPLE_VISIT}:{SAMPLE_VISIT}:ro",
                     slurm_env["ICF_IMAGE"], "make", f"STORE={store}", "STUDY=s", "VISIT=v2",
                     f"INPUT={SAMPLE_VISIT}", "catalog"]
 

@@ -34,8 +34,11 @@ is the archive's timestamp (the largest member mtime in the TAR headers;
 step 1 sets it from the DICOMs' StudyDate/Time), the IDs are derived from
 study and visit (:func:`icf.annex.dataset_uuids`), and git runs isolated
 from the user's configuration (:mod:`icf.git`).
-``XDLRA--repo-export`` is a ZIP made by the datalad-annex remote helper; its
-entry timestamps vary, its content does not.
+``XDLRA--repo-export`` is a ZIP of a bare repository made by the
+datalad-annex remote helper: its entry times vary, and so do the bytes of
+git's pack (its delta search is not deterministic across machines), but
+not the git objects and refs it holds (``make test-container`` compares a
+host's and the container's deposits that way).
 
 File names a dataset cannot hold (``&``, ``#``, line breaks, ``.git``
 components and the like, see :func:`icf.annex.deposit_refusal`) are
