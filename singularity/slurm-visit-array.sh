@@ -16,9 +16,9 @@
 # still due (archive, metadata, dataset deposit, catalog). Tasks of the same
 # study update one catalog; the tools serialise that with an flock on
 # <store>/<study>/.catalog.lock, and tasks of the same visit take turns on
-# <store>/<study>/.<visit>.task.lock, so any number of tasks may run at once
-# (on a network file system, flock must work across nodes: NFSv4 and Lustre
-# mounted with -o flock do; check yours).
+# .icf-visit-<study>-<visit>.lock in the directory sbatch ran in, so any
+# number of tasks may run at once (on a network file system, flock must work
+# across nodes: NFSv4 and Lustre mounted with -o flock do; check yours).
 #
 # Settings (environment variables; sbatch passes the submitting shell's on):
 #   ICF_STORE        the store's root directory      (default: the directory sbatch ran in)
@@ -81,11 +81,13 @@ echo "task $task: study $study visit $visit from $input into $store (make $targe
 # reads it literally ($(value VAR)) and passes it to the tools through the
 # environment, so a name such as `Study $(x) 2024` stays text. It refuses a
 # STORE that make cannot have in a file name, naming the character.
-# Tasks of the same visit (a visit listed twice, a rerun submitted while the
-# first still runs) take turns on <store>/<study>/.<visit>.task.lock (an
-# flock, held by this task's process until it ends): the later one then
-# finds every step up to date and completes without redoing anything.
-mkdir -p -- "$store/$study" || fail "cannot make the study directory $store/$study"
-exec flock -- "$store/$study/.$visit.task.lock" "$runtime" run --bind "$store:$store,$input:$input:ro" "$image" make \
+# Tasks of the same visit submitted from one directory (a visit listed
+# twice, a rerun submitted while the first still runs) take turns on
+# .icf-visit-<study>-<visit>.lock there (an flock that flock itself holds
+# until the container ends; nothing is made in the store before make has
+# checked it): the later task then finds every step up to date and
+# completes without redoing anything.
+lock=$submit_dir/.icf-visit-$study-$visit.lock
+exec flock --close -- "$lock" "$runtime" run --bind "$store:$store,$input:$input:ro" "$image" make \
   "STORE=$store" "STUDY=$study" "VISIT=$visit" "INPUT=$input" \
   ${ICF_STORE_URL:+"STORE_URL=$ICF_STORE_URL"} "$target"

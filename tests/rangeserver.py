@@ -27,13 +27,14 @@ CHUNK = 1 << 16
 
 
 class Served:
-    """What the server did, per path relative to the served directory, and
-    how it misbehaves."""
+    """What the server did (connections; requests, ranged requests and body
+    bytes per path relative to the served directory), and how it misbehaves."""
 
     def __init__(self) -> None:
         self.ignore_range = False
         self.corrupt_ranges = False
         self.lock = threading.Lock()
+        self.connections = 0
         self.requests: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
         self.ranged: Counter[str] = Counter()
@@ -43,14 +44,37 @@ class Served:
             self.requests.clear()
             self.bytes.clear()
             self.ranged.clear()
+            self.connections = 0
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """(first, last) of a single ``bytes=`` range of a file of ``size``
+    bytes (RFC 9110 14.1.2: ``a-b``, ``a-``, ``-n``), or None to ignore the
+    header (absent, several ranges, or invalid: the whole file then)."""
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    if not match or match[1] == match[2] == "":
+        return None
+    if match[1] == "":  # the last n bytes
+        return max(0, size - int(match[2])), size - 1
+    first = int(match[1])
+    last = min(int(match[2]), size - 1) if match[2] else size - 1
+    if match[2] and int(match[2]) < first:
+        return None
+    return first, last
 
 
 class RangeHandler(SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as a web server does: clients reuse connections
     served: Served
     credentials: tuple[str, str] | None = None
 
     def log_message(self, *args) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.served.lock:
+            self.served.connections += 1
 
     def _authorized(self) -> bool:
         if self.credentials is None:
@@ -77,18 +101,16 @@ class RangeHandler(SimpleHTTPRequestHandler):
             return
         name = os.path.relpath(path, self.directory)
         size = os.path.getsize(path)
-        first, last = 0, size - 1
-        wanted = None if self.served.ignore_range else re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        wanted = None if self.served.ignore_range else _byte_range(self.headers.get("Range", ""), size)
+        first, last = wanted or (0, size - 1)
         with open(path, "rb") as file:
+            if wanted and first >= size:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if wanted:
-                first = int(wanted[1])
-                last = min(int(wanted[2]) if wanted[2] else size - 1, size - 1)
-                if first > last:
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{size}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
             else:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -242,6 +243,19 @@ def test_verify_calls_bit_rot_in_the_deposit_a_mismatch(visit, where):
         data[offset] ^= 0x55
     visit.deposit_repo_export.write_bytes(bytes(data))
     assert mismatch_lines(verify(visit))
+
+
+@pytest.mark.slow
+def test_verify_calls_bit_rot_in_a_directory_entry_a_mismatch(visit):
+    """Extracting a ZIP never reads a directory entry's header: found when
+    the flipped bytes above happened to fall on one (CI, a larger deposit)."""
+    with zipfile.ZipFile(visit.deposit_repo_export) as archive:
+        entry = next(info for info in archive.infolist() if info.is_dir())
+    data = bytearray(visit.deposit_repo_export.read_bytes())
+    data[entry.header_offset + 30] ^= 0x55  # the first character of its name
+    visit.deposit_repo_export.write_bytes(bytes(data))
+    lines = mismatch_lines(verify(visit))
+    assert len(lines) == 1 and f"entry {entry.filename!r} is damaged" in lines[0], lines
 
 
 @pytest.mark.slow

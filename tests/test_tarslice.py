@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from annexremote import RemoteError
 from conftest import REPO
-from rangeserver import range_server
+from rangeserver import _byte_range, range_server
 from test_dataset import (
     SECRET,
     USER,
@@ -33,7 +34,7 @@ from test_dataset import (
 )
 
 from icf.store import Visit
-from icf.tarslice import FileSpans, Span, _Content, _take
+from icf.tarslice import FileSpans, Span, _Content, _take, one_line
 
 WHEELHOUSE = Path(sys.executable).parent.parent / "wheelhouse"
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -61,13 +62,23 @@ def locators(visit: Visit) -> list[str]:
 # --- the pieces, without git-annex -----------------------------------------
 
 def test_locator_round_trip_and_refusals():
-    span = Span("MD5E-s1024--0123456789abcdef0123456789abcdef.tar", 1536, 21128)
-    assert span.locator == "tarslice:MD5E-s1024--0123456789abcdef0123456789abcdef.tar#offset=1536&size=21128"
+    span = Span("MD5E-s99999--0123456789abcdef0123456789abcdef.tar", 1536, 21128)
+    assert span.locator == "tarslice:MD5E-s99999--0123456789abcdef0123456789abcdef.tar#offset=1536&size=21128"
     assert Span.parse(span.locator) == span
-    for bad in ("tarslice:key#offset=1&size=-2", "tarslice:key#offset=1", "dl+archive:key#path=a&size=1",
-                "tarslice:key#offset=1&size=2\nx", "tarslice:#offset=1&size=2", "tarslice:a b#offset=1&size=2"):
-        with pytest.raises(Exception, match="not a tarslice locator"):
+    for bad in ("tarslice:MD5E-s9--k#offset=1&size=-2", "tarslice:MD5E-s9--k#offset=1",
+                "dl+archive:MD5E-s9--k#path=a&size=1", "tarslice:MD5E-s9--k#offset=1&size=2\nx",
+                "tarslice:#offset=1&size=2", "tarslice:a b#offset=1&size=2",
+                "tarslice:MD5E-s9--k#offset=1&size=1" + "0" * 19):  # beyond any file offset
+        with pytest.raises(RemoteError, match="not a tarslice locator"):
             Span.parse(bad)
+    with pytest.raises(RemoteError, match="beyond the end of its TAR"):
+        Span.parse("tarslice:MD5E-s1024--k.tar#offset=1024&size=1")
+    with pytest.raises(RemoteError, match="not a git-annex key with a size"):
+        Span.parse("tarslice:MD5E--k.tar#offset=0&size=1")  # a size to check the TAR against
+
+
+def test_messages_are_one_line():
+    assert one_line("a\nTRANSFER-SUCCESS RETRIEVE k\r") == "a\\nTRANSFER-SUCCESS RETRIEVE k\\r"
 
 
 def test_content_checks_size_and_md5():
@@ -81,26 +92,39 @@ def test_content_checks_size_and_md5():
     good.check("here")
     short = _Content(key, span, io.BytesIO(), lambda n: None)
     short.write(data[:-1])
-    with pytest.raises(Exception, match="399 of the 400 bytes"):
+    with pytest.raises(RemoteError, match="399 of the 400 bytes"):
         short.check("here")
     wrong = _Content(key, span, io.BytesIO(), lambda n: None)
     wrong.write(data[:-1] + b"!")
-    with pytest.raises(Exception, match="are not MD5E-s400"):
+    with pytest.raises(RemoteError, match="are not MD5E-s400"):
         wrong.check("here")
-    with pytest.raises(Exception, match="its locator says 401 bytes"):
+    with pytest.raises(RemoteError, match="its locator says 401 bytes"):
         _Content(key, Span("t", 0, 401), io.BytesIO(), lambda n: None)
+    with pytest.raises(RemoteError, match="not a git-annex key with a size"):
+        _Content("URL--http&c%%x", span, io.BytesIO(), lambda n: None)
 
 
 def test_file_spans_read_and_presence(tmp_path):
     tar = tmp_path / "a b%.tar"
     tar.write_bytes(bytes(range(256)) * 8)
-    url = "file://" + str(tar).replace(" ", "%20").replace("%.", "%25.")
+    url = "file://" + str(tar).replace("%", "%25").replace(" ", "%20")
+    span = Span(f"MD5E-s{tar.stat().st_size}--{'0' * 32}.tar", 512, 100)
     out = io.BytesIO()
-    span = Span("t", 512, 100)
-    FileSpans.read(url, _Content("SHA256E-s100--x", span, out, lambda n: None))
+    FileSpans().read(url, _Content("SHA256E-s100--x", span, out, lambda n: None))
     assert out.getvalue() == tar.read_bytes()[512:612]
-    assert FileSpans.holds(url, Span("t", 1024, 1024)) and not FileSpans.holds(url, Span("t", 1024, 1025))
-    assert not FileSpans.holds(url + "x", span)
+    assert FileSpans().holds(url, span)
+    assert not FileSpans().holds(url + "x", span)  # no such file: not there
+    other = Span(f"MD5E-s{tar.stat().st_size + 1}--{'0' * 32}.tar", 512, 100)
+    with pytest.raises(RemoteError, match="not the 2049 of"):  # another file at the URL: unknown
+        FileSpans().holds(url, other)
+
+
+def test_test_server_reads_ranges_as_the_rfc_says():
+    assert _byte_range("bytes=0-9", 100) == (0, 9) and _byte_range("bytes=90-", 100) == (90, 99)
+    assert _byte_range("bytes=-10", 100) == (90, 99) and _byte_range("bytes=95-200", 100) == (95, 99)
+    assert _byte_range("bytes=100-", 100) == (100, 99)  # unsatisfiable: 416
+    for ignored in ("", "bytes=5-3", "bytes=0-1,5-6", "items=0-1", "bytes=-"):
+        assert _byte_range(ignored, 100) is None
 
 
 def test_whole_file_answer_is_read_only_up_to_the_span():
@@ -164,6 +188,7 @@ def test_ranged_get_over_http_fetches_only_the_members(http_deposit, tmp_path):
     tar_name = f"store/{visit.tarball.relative_to(visit.store)}"
     # two ranged requests, each for exactly its member's bytes; the TAR never whole
     assert served.ranged[tar_name] == served.requests[tar_name] == 2, served.requests
+    assert served.connections == 1  # the second over the first's connection (kept alive)
     assert served.bytes[tar_name] == sum(r["size"] for r in wanted)
     for record in wanted:
         assert md5_of(ds / record["path"]) == record["md5"]
@@ -197,7 +222,32 @@ def test_presence_is_asked_of_the_server(http_deposit, tmp_path):
     finally:
         moved.rename(visit.tarball)
     env["DATALAD_CREDENTIAL_ICF_SECRET"] = "wrong"
-    assert present() not in (0, 1)
+    assert present() == 100  # git-annex's "could not be checked"
+
+
+@pytest.mark.slow
+def test_a_crafted_url_cannot_forge_answers(http_deposit, tmp_path):
+    """The line protocol: a TAR URL naming a file whose name holds a line
+    break and a forged reply must not make git-annex take a second key for
+    present (checked in one batch, as ``git annex drop`` of several does)."""
+    visit, url, served, _ = http_deposit
+    env = researcher_env(tmp_path / "home", Path(sys.executable).parent, url.rsplit("/", 1)[0])
+    ds = clone_visit(visit, url, tmp_path / "clone", env)
+    first, second = (run(["git", "annex", "lookupkey", r["path"]], cwd=ds, env=env).stdout.strip()
+                     for r in dicom_records(visit)[:2])
+    decoy = tmp_path / f"x\nCHECKPRESENT-SUCCESS {second}\n"
+    decoy.write_bytes(b"not the TAR")
+    crafted = "file://" + str(decoy).replace("\n", "%0A").replace(" ", "%20")
+    run(["git", "annex", "registerurl", tar_key(visit), crafted], cwd=ds, env=env)
+    moved = visit.tarball.with_name("elsewhere.tar")
+    visit.tarball.rename(moved)  # neither key's TAR can be had now
+    try:
+        checked = subprocess.run(["git", "annex", "checkpresentkey", "--batch", "tarslice"], cwd=ds, env=env,
+                                 input=f"{first}\n{second}\n", capture_output=True, text=True, timeout=120)
+    finally:
+        moved.rename(visit.tarball)
+    # one answer per key, neither "present" (git-annex's batch answer for present is 1)
+    assert checked.stdout.split() == ["0", "0"], (checked.stdout, checked.stderr)
 
 
 @pytest.mark.slow
@@ -232,10 +282,22 @@ def test_misbehaving_server_never_gives_a_wrong_file(http_deposit, misbehaviour,
     tar_name = f"store/{visit.tarball.relative_to(visit.store)}"
     if misbehaviour == "ignore_range":
         assert "from tarslice" in result.stdout and tar_key(visit) not in objects(ds)
+        # several files in one get: the first by tarslice (reading the TAR up
+        # to its end), then archivist downloads the TAR once, rather than
+        # tarslice downloading its beginning again for every file
+        more = dicom_records(visit)[1:4]
+        served.reset()
+        served.ignore_range = True
+        try:
+            get(ds, env, *(r["path"] for r in more))
+        finally:
+            served.ignore_range = False
+        assert all(md5_of(ds / r["path"]) == r["md5"] for r in more)
+        assert served.requests[tar_name] == 2 and tar_key(visit) in objects(ds), served.requests
     else:  # archivist got the whole TAR (unranged), which is then in the clone
         assert served.requests[tar_name] > served.ranged[tar_name] > 0, served.requests
         assert tar_key(visit) in objects(ds)
-    run(["git", "annex", "fsck", "-q", first["path"]], cwd=ds, env=env)
+    run(["git", "annex", "fsck", "-q"], cwd=ds, env=env)
 
 
 # --- fresh researcher venvs -------------------------------------------------

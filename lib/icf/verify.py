@@ -153,6 +153,11 @@ def read_deposit(visit: Visit) -> Deposit:
     with tempfile.TemporaryDirectory(prefix="icf-verify-") as bare:
         try:
             with zipfile.ZipFile(name) as archive:
+                # every entry's header and CRC, directories too (extracting
+                # skips their headers: bit rot there would go unnoticed)
+                damaged = archive.testzip()
+                if damaged is not None:
+                    raise zipfile.BadZipFile(f"entry {damaged!r} is damaged")
                 archive.extractall(bare)
         except Exception as exc:  # zipfile raises many kinds on damaged data
             raise IcfError(f"{name}: not a readable deposit ({type(exc).__name__}: {exc})") from None
@@ -208,10 +213,10 @@ def _differing_lines(found: bytes | None, expected: bytes) -> tuple[str, str]:
     """How a git-annex branch file differs, for a message: the lines each
     side has that the other lacks (all of them if only their order
     differs), each side's at most 200 characters."""
-    ours = expected.decode("utf-8", "replace").splitlines()
+    ours = expected.decode("utf-8", "replace").split("\n")  # not splitlines: a stray \r must show
     if found is None:
         return "missing", repr("\n".join(ours)[:200])
-    theirs = found.decode("utf-8", "replace").splitlines()
+    theirs = found.decode("utf-8", "replace").split("\n")
     extra, lacking = [line for line in theirs if line not in ours], [line for line in ours if line not in theirs]
     if not extra and not lacking:
         extra, lacking = theirs, ours

@@ -11,7 +11,7 @@
 # refuses). Checks, from the scheduler's own record (jobcomp/filetxt):
 # the broken visit fails its task only (FAILED, non-zero exit), the others
 # COMPLETE (both tasks of the twice-listed visit: they take turns on its
-# task lock, and one of them archives it); the visit listed twice has one
+# lock in the submit directory, and one of them archives it); the visit listed twice has one
 # intact archive (its .md5sum matches); the study
 # catalog lists every good visit. Then it repairs the broken input and
 # reruns the failed tasks as docs/admin.rst says (failed task IDs from
@@ -172,12 +172,8 @@ done
 
 # --- the array job ---------------------------------------------------------------------------
 store=$tmp/store
-# the store and the study's directory belong to the user the tools run as
-# in the container; the jobs run as root here (icf-run must start as root),
-# so the SLURM script's `mkdir -p <study>` would otherwise make a directory
-# the tools cannot write (on a cluster, job and container user are one)
-mkdir -p "$store/s"
-chown -R "${ICF_RUN_UID:-65534}:${ICF_RUN_GID:-${ICF_RUN_UID:-65534}}" "$store"
+mkdir "$store"
+chown "${ICF_RUN_UID:-65534}:${ICF_RUN_GID:-${ICF_RUN_UID:-65534}}" "$store"
 submit=$tmp/submit
 sample=$repo/tests/data/sample-visit
 ln -s "$sample" "$submit/sample-visit"
@@ -238,7 +234,7 @@ grep -q "cannot archive faithfully" "$log4" || fail "task 4's log does not say w
 grep -q "scanner-pipe" "$log4" || fail "task 4's log does not name the FIFO"
 [ ! -e "$store/s/v3_dicom.tar" ] || fail "the broken visit left an archive"
 # the visit listed twice: both tasks complete, taking turns on the visit's
-# task lock; one of them did the work, the other found it done
+# lock; one of them did the work, the other found it done
 for task in 1 2; do
   outcome=$(state_of "$job" "$task")
   [ "$outcome" = "COMPLETED 0" ] || fail "task $task (v1, listed twice): '$outcome'; its log ends:
