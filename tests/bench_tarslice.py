@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,7 +110,7 @@ def bench_ranged_get(store: Path, study: str, visit: str, series_files: int = 60
 
 def bench_clone_time(work: Path, runs: int) -> None:
     """``datalad clone`` of the demo visit (the bundled sample, deposited in
-    ``work``), best of ``runs``, with the tarslice remote on PATH and
+    ``work``), ``2 * runs + 1`` times each, with the tarslice remote on PATH and
     without it (as before it existed: git-annex then cannot start it and
     enables only datalad-next's two)."""
     sys.path.insert(0, str(REPO / "lib"))
@@ -130,8 +131,12 @@ def bench_clone_time(work: Path, runs: int) -> None:
         for program in VENV_BIN.iterdir():
             if program.name != "git-annex-remote-tarslice":
                 (without / program.name).symlink_to(program)
-        print(f"datalad clone of the demo visit (best of {runs}):")
-        for label, path in (("without tarslice", without), ("with tarslice", VENV_BIN)):
-            env = researcher_env(work_dir / "home", f"{path}:{SYSTEM_PATH}")
-            best = min(clone(visit_url, work_dir / "clone", env) for _ in range(runs))
-            print(f"  {label:17s} {best:6.2f} s")
+        envs = {label: researcher_env(work_dir / "home", f"{path}:{SYSTEM_PATH}")
+                for label, path in (("without tarslice", without), ("with tarslice", VENV_BIN))}
+        times: dict[str, list[float]] = {label: [] for label in envs}
+        for _ in range(2 * runs + 1):  # alternating, so that load on the machine hits both alike
+            for label, env in envs.items():
+                times[label].append(clone(visit_url, work_dir / "clone", env))
+        print(f"datalad clone of the demo visit ({2 * runs + 1} runs each, alternating):")
+        for label, seconds in times.items():
+            print(f"  {label:17s} median {statistics.median(seconds):6.2f} s  best {min(seconds):6.2f} s")
