@@ -9,6 +9,7 @@ test_catalog_browser.py, the site's patches in test_catalog_site.py.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -172,6 +173,19 @@ def test_visit_and_study_records(tmp_path):
     assert home == {"dataset_id": study_id(STUDY), "dataset_version": DATASET_VERSION}
     leftovers = [p.name for p in (store / STUDY).iterdir() if p.name.startswith(".catalog.")]
     assert leftovers == [".catalog.lock"]
+
+
+def test_no_git_identity_is_no_warning(tmp_path):
+    """A cluster job has no git identity; DataLad's warning about it would
+    be noise in every log (the catalog step commits nothing)."""
+    store = tmp_path / "store"
+    write_visit_metadata(store, STUDY, "visit-a")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "EMAIL"))}
+    env.update(HOME=str(tmp_path), GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
+    result = subprocess.run([sys.executable, str(SCRIPT), "-o", str(store), "--id", STUDY, "visit-a"],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("\n") == 1 and "configure Git" not in result.stderr, result.stderr
 
 
 def test_default_store_url_is_the_store_directory(tmp_path):

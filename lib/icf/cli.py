@@ -132,6 +132,10 @@ def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], st
     # pydicom logs what it thinks of odd values (any bytes a header holds):
     # values never reach our messages as they are, so neither do its words
     logging.getLogger("pydicom").disabled = True
+    # DataLad warns on import when git has no identity (a cluster job's
+    # case); no tool commits as the user (step 3 sets its own identity)
+    logging.getLogger("datalad.config").addFilter(
+        lambda record: "configure Git" not in record.getMessage())
     started = time.monotonic()
     before = {path: _state(path) for path in outputs(args)}
     try:
