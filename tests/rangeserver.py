@@ -4,10 +4,11 @@ web server serves it: single byte ranges (``Range: bytes=a-b``, 206 with
 authentication (realm "icf"), and counts of the requests and body bytes
 sent per file, so a test can tell what a client downloaded.
 
-Two misbehaviours, switched on and off while it runs (attributes of
+Misbehaviours, switched on and off while it runs (attributes of
 :class:`Served`), for the client's checks: ``ignore_range`` answers every
 GET with 200 and the whole file, ``corrupt_ranges`` flips a byte in every
-ranged answer (whole files stay intact).
+ranged answer (whole files stay intact), ``drip`` sends 16 bytes at a time
+with a pause between.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import base64
 import os
 import re
 import threading
+import time
 from collections import Counter
 from contextlib import contextmanager
 from functools import partial
@@ -33,6 +35,7 @@ class Served:
     def __init__(self) -> None:
         self.ignore_range = False
         self.corrupt_ranges = False
+        self.drip = 0.0  # seconds between pieces of 16 bytes (0: as fast as it can)
         self.lock = threading.Lock()
         self.connections = 0
         self.requests: Counter[str] = Counter()
@@ -126,7 +129,8 @@ class RangeHandler(SimpleHTTPRequestHandler):
             left = last - first + 1
             try:
                 while left > 0:
-                    data = file.read(min(CHUNK, left))
+                    data = file.read(min(16 if self.served.drip else CHUNK, left))
+                    time.sleep(self.served.drip)
                     if not data:
                         break
                     if wanted and self.served.corrupt_ranges:

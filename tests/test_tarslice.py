@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,12 +133,40 @@ def test_whole_file_answer_is_read_only_up_to_the_span():
     the member's end."""
     tar = bytes(range(256)) * 64
     stream = io.BytesIO(tar)
-    stream.read = (lambda read: lambda n, decode_content=False: read(n))(stream.read)  # urllib3's signature
+    stream.read1 = (lambda read: lambda n, decode_content=False: read(n))(stream.read)  # urllib3's signature
     out = io.BytesIO()
     span = Span("t", 1024, 700)
     _take(stream, span.offset, span.size, _Content("SHA256E-s700--x", span, out, lambda n: None))
     assert out.getvalue() == tar[1024:1724]
     assert stream.tell() <= 1724
+
+
+def test_a_dripping_server_is_given_up(tmp_path, monkeypatch):
+    """Bytes that come slower than MIN_RATE (after TIMEOUT's grace) end the
+    transfer, however slowly each arrives (scaled down here: 0.3 s of grace,
+    10 kB/s; the server sends 320 B/s)."""
+    import hashlib
+
+    from icf import tarslice
+
+    tar = tmp_path / "v.tar"
+    tar.write_bytes(os.urandom(4096))
+    member = tar.read_bytes()[512:1536]
+    key = f"MD5E-s1024--{hashlib.md5(member).hexdigest()}.dcm"
+    span = Span(f"MD5E-s4096--{'0' * 32}.tar", 512, 1024)
+    monkeypatch.setattr(tarslice, "TIMEOUT", 0.3)
+    monkeypatch.setattr(tarslice, "MIN_RATE", 10_000)
+    with range_server(tmp_path) as (url, served):
+        spans = tarslice.HttpSpans()
+        served.drip = 0.05
+        started = time.monotonic()
+        with pytest.raises(RemoteError, match="slower than"):
+            spans.read(f"{url}/v.tar", _Content(key, span, io.BytesIO(), lambda n: None))
+        assert time.monotonic() - started < 2  # the whole member would take 3.2 s
+        served.drip = 0
+        out = io.BytesIO()
+        spans.read(f"{url}/v.tar", _Content(key, span, out, lambda n: None))
+    assert out.getvalue() == member
 
 
 # --- git-annex, datalad and HTTP --------------------------------------------

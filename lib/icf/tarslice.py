@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from typing import Any, BinaryIO, Callable, Iterator, NamedTuple
 from urllib.parse import unquote, urlsplit
 
@@ -68,6 +69,10 @@ SCHEMES = ("file", "http", "https")
 CHUNK = 1 << 16
 #: Seconds to wait for a server to connect or send the next bytes.
 TIMEOUT = 60
+#: The slowest a transfer may be on average, in bytes per second (after
+#: TIMEOUT seconds of grace): a server sending a byte now and then cannot
+#: hold a ``datalad get`` forever.
+MIN_RATE = 64 << 10
 #: How far into a TAR a member may start for the remote to read up to it
 #: when the server ignores Range (beyond, archivist's one download is cheaper).
 MAX_SKIP = 64 << 20
@@ -264,15 +269,20 @@ class HttpSpans:
 
 def _take(stream: Any, skip: int, size: int, content: _Content) -> None:
     """Read ``skip`` bytes of ``stream`` and drop them, then ``size`` bytes
-    into ``content``; never more (the rest of a whole TAR stays unread)."""
+    into ``content``; never more (the rest of a whole TAR stays unread), and
+    RemoteError if it comes slower than :data:`MIN_RATE`. ``read1`` returns
+    what has arrived, so the deadline is checked however slow the bytes."""
+    deadline = time.monotonic() + TIMEOUT + (skip + size) / MIN_RATE
     for count, keep in ((skip, False), (size, True)):
         while count:
-            data = stream.read(min(CHUNK, count), decode_content=False)
+            data = stream.read1(min(CHUNK, count), decode_content=False)
             if not data:
                 return
             if keep:
                 content.write(data)
             count -= len(data)
+            if time.monotonic() > deadline:
+                raise RemoteError(f"slower than {MIN_RATE >> 10} KiB/s on average: given up")
 
 
 class TarSliceRemote(SpecialRemote):
