@@ -37,7 +37,9 @@ serves the same keys.
 ``checkpresent`` (what ``git annex drop`` relies on) asks for the span's
 last byte and checks the TAR's size; it answers "unknown" when no URL could
 be asked. Every message to git-annex is one line, whatever a URL or a
-server sends (the protocol is line based).
+server sends (the protocol is line based). A server that sends nothing for
+:data:`TIMEOUT` seconds, or less than :data:`MIN_RATE` on average, fails
+the transfer.
 
 The remote is read-only (it cannot store or remove). It starts in ~30 ms,
 importing neither DataLad nor requests until an HTTP transfer needs them:
