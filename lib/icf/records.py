@@ -308,7 +308,6 @@ def read_dicom_records(visit: Visit) -> list[DicomRecord]:
             raise malformed(path, f"entry {number}: {problem}")
         seen.add(value["path"])
         records.append(DicomRecord(value["path"], value["md5"], value["size"], value["offset"], value["series"],
-                                   value["kind"],
-                                   value["frames"], value["InstanceNumber"],
+                                   value["kind"], value["frames"], value["InstanceNumber"],
                                    {tag: value[tag] for tag in EXPORTED_TAGS}))
     return records
